@@ -1,0 +1,81 @@
+"""End-to-end tests of ``python -m widesparse_jax.masks`` (real subprocess, real models)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("widesparse_jax.models")
+
+GOLDEN = pathlib.Path("/work/shared/golden/baseline_sparsity.json")
+
+
+def run_cli(*args, ok=True):
+    proc = subprocess.run([sys.executable, "-m", "widesparse_jax.masks", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+    assert proc.returncode != 0
+    return proc.stderr
+
+
+def torch_name(flax_name):
+    return flax_name[: -len("/kernel")].replace("/", "_").replace("_", ".") + ".weight"
+
+
+def cifar_count(w, c):
+    return 2724 * w * w + 27 * w + 8 * w * c
+
+
+@pytest.mark.parametrize("case", json.loads(GOLDEN.read_text())["cases"],
+                         ids=lambda c: c["case"])
+def test_cli_matches_golden(case):
+    w, b, c = case["width"], case["base_width"], case["num_classes"]
+    out = run_cli("--model", "resnet18", "--stem", "cifar", "--num-classes", c, "--width", w,
+                  "--base-width", b)
+    assert out["total_width"] == cifar_count(w, c) == case["dense_total_at_width"]
+    assert out["total_base"] == cifar_count(b, c) == case["target_total"]
+    assert out["total_keep"] == case["kept_total"]
+    assert [torch_name(l["name"]) for l in out["layers"]] == [l["name"] for l in case["layers"]]
+    assert [l["keep"] for l in out["layers"]] == [l["kept"] for l in case["layers"]]
+    for mine, ref in zip(out["layers"], case["layers"]):
+        o = ref["shape"]
+        assert tuple(mine["shape"]) == ((o[2], o[3], o[1], o[0]) if len(o) == 4 else (o[1], o[0]))
+        assert mine["size"] == ref["total"]
+
+
+def test_cli_imagenet_dense_and_kernel_draw():
+    out = run_cli("--model", "resnet18", "--stem", "imagenet", "--num-classes", 1000,
+                  "--width", 16)
+    assert out["total_width"] == out["total_base"] == out["total_keep"] \
+        == 2724 * 16 ** 2 + 147 * 16 + 8000 * 16
+    assert all(l["keep"] == l["size"] for l in out["layers"])
+    assert out["layers"][0]["name"] == "conv1/kernel" and out["layers"][0]["shape"] == [7, 7, 3, 16]
+    out = run_cli("--model", "resnet18", "--stem", "cifar", "--num-classes", 10, "--width", 24,
+                  "--base-width", 10, "--granularity", "kernel", "--draw", "--seed", 3)
+    assert out["granularity"] == "kernel"
+    assert out["total_keep"] - out["total_base"] == out["difference"]
+    assert abs(out["difference"]) <= 4
+    assert all(l["kept_drawn"] == l["keep"] for l in out["layers"])
+
+
+def test_cli_mlp_and_methods():
+    out = run_cli("--model", "mlp", "--input-dim", 784, "--num-classes", 10, "--width", 640,
+                  "--base-width", 5)
+    assert [l["name"] for l in out["layers"]] == ["fc/kernel", "cl/kernel"]
+    assert [l["shape"] for l in out["layers"]] == [[784, 640], [640, 10]]
+    assert out["total_base"] == out["total_keep"] == 5 * 794 and out["total_width"] == 640 * 794
+    out = run_cli("--model", "mlp", "--num-classes", 10, "--width", 635, "--base-width", 8,
+                  "--dense-layers", "cl/kernel", "--method", "uniform")
+    assert [l["keep"] for l in out["layers"]] == [2, 6350]
+
+
+def test_cli_errors():
+    err = run_cli("--model", "resnet18", "--width", 8, "--base-width", 16, ok=False)
+    assert "--width 8 is below --base-width 16" in err
+    err = run_cli("--model", "resnet18", "--width", 16, "--base-width", 8, "--method", "magic",
+                  ok=False)
+    assert "magic" in err and "paper" in err
