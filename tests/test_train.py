@@ -265,3 +265,39 @@ def test_pmap_8_devices_matches_1_device(tmp_path):
   p = run_main(tmp_path / 'bad', *flags, '--config.train.batch_size=60', devices=8, check=False)
   assert p.returncode != 0
   assert 'batch_size=60 is not divisible by the 8 devices' in p.stderr
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@needs_fmnist
+def test_two_process_run_matches_single_process(tmp_path):
+  """jax.distributed on 127.0.0.1: 2 processes x 2 CPU devices == 1 process x 4 devices."""
+  flags = ['--config=configs/fashion_mnist_mlp.py', '--config.model.width=64',
+           '--config.model.base_width=8', '--config.dataset.train_subset=512',
+           '--config.train.batch_size=64', '--config.train.num_train_steps=16',
+           '--config.train.log_every_steps=4', '--config.train.checkpoint_every_steps=8',
+           '--config.train.eval_batch_size=1000']
+  wd = tmp_path / 'multi'
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  procs = [subprocess.Popen(
+      [sys.executable, str(ROOT / 'main.py'), f'--workdir={wd}', *flags,
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+  assert '"best_test_accuracy"' in outs[0][0] and '"best_test_accuracy"' not in outs[1][0]
+  run_main(tmp_path / 'single', *flags, devices=4)
+  a, b = _final_params(wd), _final_params(tmp_path / 'single')
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  ra = [r for r in _metric_records(wd) if r['kind'] == 'epoch']
+  rb = [r for r in _metric_records(tmp_path / 'single') if r['kind'] == 'epoch']
+  assert [r['test_count'] for r in ra] == [10000, 10000]
+  np.testing.assert_allclose([r['test_accuracy'] for r in ra], [r['test_accuracy'] for r in rb])
