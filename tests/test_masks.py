@@ -231,6 +231,10 @@ def test_make_plan_dense_layers_and_flat_mapping():
                        dense_layers=["cl/kernel"])
     assert plan.by_name["cl/kernel"].dense and plan.by_name["fc/kernel"].keep == 2
     assert plan.total_keep == 8 * 794 == 6352
+    # the module path names the same layer
+    by_module = M.make_plan(shapes, ["fc/kernel", "cl/kernel"], num_to_remove=n,
+                            dense_layers=["cl"])
+    assert [l.keep for l in by_module.layers] == [l.keep for l in plan.layers]
     # the paper method without dense_layers levels fc and cl instead
     paper = M.make_plan(shapes, num_to_remove=n)
     assert [l.keep for l in paper.layers] == [3176, 3176]

@@ -515,7 +515,8 @@ def make_plan(shapes_or_params: Any, order: Optional[Sequence[Union[Path, str]]]
         distribution of ``method`` is rounded to kernels, then the remainder is fixed
         exactly with kernel-size-1 layers of the sparsified group when there are any, else
         by single-kernel moves while they get closer; the miss is ``plan.difference``).
-      dense_layers: layers kept dense and excluded from the distribution (e.g. the MLP's
+      dense_layers: layers kept dense and excluded from the distribution, by kernel path
+        ('cl/kernel') or module path ('cl') (e.g. the MLP's
         last layer in the NTK setting).
     Returns:
       MaskPlan, layers in ``order``.
@@ -549,8 +550,11 @@ def make_plan(shapes_or_params: Any, order: Optional[Sequence[Union[Path, str]]]
         n = total - int(base_total)
     else:
         n = int(num_to_remove)
-    dense = {_as_path(p) for p in dense_layers}
-    unknown = [path_name(p) for p in dense if p not in set(paths)]
+    # A dense layer is named by its kernel path ('cl/kernel') or its module path ('cl').
+    path_set = set(paths)
+    dense = {q if q in path_set or q + ("kernel",) not in path_set else q + ("kernel",)
+             for q in (_as_path(p) for p in dense_layers)}
+    unknown = [path_name(p) for p in dense if p not in path_set]
     if unknown:
         raise ValueError(f"dense_layers {unknown} are not counted layers; allowed: "
                          f"{[path_name(p) for p in paths]}")
