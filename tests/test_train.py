@@ -258,6 +258,12 @@ def test_pmap_8_devices_matches_1_device(tmp_path):
   a, b = _final_params(tmp_path / 'one'), _final_params(tmp_path / 'eight')
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
+  # masked weights stay exactly 0 under pmap (invariant 2), kept count exact (invariant 3)
+  variables, masks, _ = ckpt_lib.load_variables(str(tmp_path / 'eight'))
+  checked = jax.tree.map(lambda m, w: None if m is None else bool(np.all(w[~m] == 0.0)),
+                         masks, variables['params'], is_leaf=lambda x: x is None)
+  assert jax.tree.leaves(checked) and all(jax.tree.leaves(checked))
+  assert masks_lib.count_kept(masks, variables['params']) == 2724 * 4 + 9 * 2 + 8 * 2 * 10
   la = [r['train_loss'] for r in train.read_metrics(str(tmp_path / 'one')) if r['kind'] == 'train']
   lb = [r['train_loss'] for r in train.read_metrics(str(tmp_path / 'eight')) if r['kind'] == 'train']
   np.testing.assert_allclose(la, lb, rtol=1e-4)
