@@ -30,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = 'resnet18'  # resnet18|mlp|resnet18_bottleneck|mlp_bottleneck
   config.model.width = 64
-  # Width of the dense net whose weight count the (wider) net keeps. None: dense.
+  # Width of the dense net whose weight count the (wider) net keeps.
+  # None (or 0, the spelling on the command line: --config.model.base_width=0): dense.
   config.model.base_width = config_dict.placeholder(int)
   config.model.stem = 'cifar'  # cifar|imagenet (ResNet-18 only)
   config.model.parametrization = 'standard'  # standard|ntk|mup (MLP: standard|ntk)

@@ -1,7 +1,7 @@
 """Fashion-MNIST one-hidden-layer MLP; runs offline here from the Debian IDX files.
 
 Sparse-wide by default: width 512 at the weight count of the dense width-64 net.
-Dense narrow comparison: --config.model.width=64 --config.model.base_width=None
+Dense narrow comparison: --config.model.width=64 --config.model.base_width=0
 """
 
 from configs import default

@@ -50,7 +50,7 @@ def _lr_table(config: ml_collections.ConfigDict, sparse: bool):
 def is_sparse(config: ml_collections.ConfigDict) -> bool:
   """True when the run keeps the weight count of a narrower base width."""
   bw = config.model.base_width
-  return bw is not None and bw != config.model.width
+  return bw not in (None, 0) and bw != config.model.width
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -93,8 +93,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
   choice('model.name', m.name, MODELS)
   positive_int('model.width', m.width)
-  check(m.base_width is None or (_is_int(m.base_width) and m.base_width >= 1),
-        'model.base_width', m.base_width, 'None (dense) or an integer >= 1')
+  check(m.base_width is None or (_is_int(m.base_width) and m.base_width >= 0),
+        'model.base_width', m.base_width,
+        'None or 0 (dense; 0 is the command-line spelling) or an integer >= 1')
   if _is_int(m.width) and _is_int(m.base_width) and m.base_width > m.width:
     errors.append(f'config.model.base_width={m.base_width!r} is larger than '
                   f'config.model.width={m.width!r}: the base width must be <= width '
@@ -114,7 +115,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(m.use_bias is False, 'model.use_bias', m.use_bias,
           'False with the NTK parametrization (f = V relu(U x / sqrt(d)) / sqrt(n) has no bias)')
   if m.name.endswith('_bottleneck'):
-    check(m.base_width is not None, 'model.base_width', m.base_width,
+    check(m.base_width not in (None, 0), 'model.base_width', m.base_width,
           'an integer: bottleneck models are widened at the weight count of base_width')
 
   choice('sparsity.method', s.method, SPARSITY_METHODS)
