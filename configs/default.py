@@ -34,7 +34,10 @@ def get_config() -> ml_collections.ConfigDict:
   # None (or 0, the spelling on the command line: --config.model.base_width=0): dense.
   config.model.base_width = config_dict.placeholder(int)
   config.model.stem = 'cifar'  # cifar|imagenet (ResNet-18 only)
-  config.model.parametrization = 'standard'  # standard|ntk|mup (MLP: standard|ntk)
+  config.model.parametrization = 'standard'  # standard|ntk (MLP)|mup
+  # mup only: the width at which the muP net equals the standard one (init and lr scale
+  # relative to it). Not the sparsity base_width.
+  config.model.mup_base_width = config_dict.placeholder(int)
   config.model.use_bias = True  # MLP only
   config.model.activation = 'relu'  # MLP only: relu|linear
   config.model.init_distribution = 'uniform'  # MLP only: uniform|normal

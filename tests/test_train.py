@@ -86,6 +86,16 @@ def test_all_experiment_configs_are_valid():
     config_lib.validate_config(c)
 
 
+def test_base_width_none_zero_or_equal_is_dense():
+  c = default_config.get_config()
+  c.model.width = 32
+  for bw in (None, 0, 32):
+    c.model.base_width = bw
+    assert not config_lib.is_sparse(c)
+  c.model.base_width = 16
+  assert config_lib.is_sparse(c)
+
+
 def test_ntk_config_resolves_paper_learning_rates():
   from configs import mnist_mlp_ntk
   c = mnist_mlp_ntk.get_config()
@@ -307,3 +317,38 @@ def test_two_process_run_matches_single_process(tmp_path):
   rb = [r for r in _metric_records(tmp_path / 'single') if r['kind'] == 'epoch']
   assert [r['test_count'] for r in ra] == [10000, 10000]
   np.testing.assert_allclose([r['test_accuracy'] for r in ra], [r['test_accuracy'] for r in rb])
+
+
+@needs_fmnist
+def test_mup_wiring(tmp_path):
+  """muP equals standard at its base width; at 4x width the readout init shrinks by 1/2."""
+  def state_for(width, parametrization, mup_base=None):
+    c = small_mlp_config(num_train_steps=5)
+    c.model.width, c.model.base_width = width, None
+    c.model.parametrization = parametrization
+    c.model.mup_base_width = mup_base
+    cfg = config_lib.resolve_config(c)
+    setup = train.setup_run(cfg)
+    return c, train.create_train_state(cfg, setup.model, setup.tx, (28, 28, 1), 10)
+
+  _, sp = state_for(64, 'standard')
+  c_mup, mup = state_for(64, 'mup', 64)
+  for a, b in zip(jax.tree.leaves(sp.params), jax.tree.leaves(mup.params)):
+    np.testing.assert_array_equal(a, b)
+  _, sp4 = state_for(256, 'standard')
+  _, mup4 = state_for(256, 'mup', 64)
+  np.testing.assert_allclose(mup4.params['cl']['kernel'], sp4.params['cl']['kernel'] * 0.5,
+                             rtol=1e-6)
+  np.testing.assert_array_equal(mup4.params['fc']['kernel'], sp4.params['fc']['kernel'])
+  # training at the base width is the standard run, step for step
+  c_sp = small_mlp_config(num_train_steps=5)
+  c_sp.model.width, c_sp.model.base_width = 64, None
+  train.train_and_evaluate(c_sp, str(tmp_path / 'sp'))
+  train.train_and_evaluate(c_mup, str(tmp_path / 'mup'))
+  for a, b in zip(jax.tree.leaves(_final_params(tmp_path / 'sp')),
+                  jax.tree.leaves(_final_params(tmp_path / 'mup'))):
+    np.testing.assert_array_equal(a, b)
+  c_bad = small_mlp_config()
+  c_bad.model.parametrization = 'mup'
+  with pytest.raises(config_lib.ConfigError, match='config.model.mup_base_width=None'):
+    config_lib.validate_config(c_bad)

@@ -114,6 +114,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           "'ntk' is implemented for model.name='mlp' only")
     check(m.use_bias is False, 'model.use_bias', m.use_bias,
           'False with the NTK parametrization (f = V relu(U x / sqrt(d)) / sqrt(n) has no bias)')
+  if m.parametrization == 'mup':
+    check(_is_int(m.get('mup_base_width')) and m.mup_base_width >= 1, 'model.mup_base_width',
+          m.get('mup_base_width'),
+          "an integer >= 1 with parametrization='mup' (the width where muP equals standard)")
   if m.name.endswith('_bottleneck'):
     check(m.base_width not in (None, 0), 'model.base_width', m.base_width,
           'an integer: bottleneck models are widened at the weight count of base_width')

@@ -40,6 +40,7 @@ from widesparse_jax import input_pipeline
 from widesparse_jax import masks as masks_lib
 from widesparse_jax import models
 from widesparse_jax import optim
+from widesparse_jax import parametrization as param_lib
 
 AXIS = 'batch'
 METRICS_FILE = 'metrics.jsonl'
@@ -86,7 +87,9 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, input_dim: 
   if m.name.startswith('resnet18'):
     kwargs.update(dtype=jnp.dtype(m.dtype), bn_axis_name=axis_name)
   else:
-    kwargs.update(parametrization=m.parametrization, use_bias=m.use_bias,
+    # muP is applied to the standard net's params and learning rates (parametrization.py).
+    mlp_param = 'standard' if m.parametrization == 'mup' else m.parametrization
+    kwargs.update(parametrization=mlp_param, use_bias=m.use_bias,
                   activation=m.activation, init_distribution=m.init_distribution,
                   dtype=jnp.dtype(m.dtype))
   if m.name.endswith('_bottleneck'):
@@ -100,11 +103,25 @@ def _init_fn(model, input_shape):
   return lambda key: model.init(key, x, train=False)
 
 
-def make_masks(config, model, params, input_shape, num_classes):
+def layer_order(config, params, input_shape, num_classes) -> list:
+  """Counted kernels of the run's model in forward order (traced; dict order is not)."""
+  plain = build_model(config, num_classes, int(np.prod(input_shape)), axis_name=None)
+  x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+  variables_shapes = jax.eval_shape(_init_fn(plain, input_shape), jax.random.PRNGKey(0))
+  non_params = {}
+  if 'batch_stats' in variables_shapes:
+    non_params['batch_stats'] = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                             variables_shapes['batch_stats'])
+  return masks_lib.forward_order(
+      lambda p, xx: plain.apply({'params': p, **non_params}, xx, train=False), params, x)
+
+
+def make_masks(config, model, params, input_shape, num_classes, order=None):
   """Keep-masks of the run: all None when dense, else the planned random masks.
 
   The base count is the counted-weight total of the dense ``base_width`` net; the layer
   order is the model's forward order (traced), as the paper's tie-breaking needs.
+  ``params`` may be abstract (ShapeDtypeStruct): only shapes are read.
   Returns ``(masks, plan or None)``.
   """
   m = config.model
@@ -114,20 +131,27 @@ def make_masks(config, model, params, input_shape, num_classes):
   base_model = build_model(config, num_classes, input_dim, width=m.base_width, axis_name=None)
   base_shapes = jax.eval_shape(_init_fn(base_model, input_shape), jax.random.PRNGKey(0))
   base_total = masks_lib.count_weights(base_shapes['params'])
-  x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
-  plain = build_model(config, num_classes, input_dim, axis_name=None)
-  non_params = {}
-  variables_shapes = jax.eval_shape(_init_fn(plain, input_shape), jax.random.PRNGKey(0))
-  if 'batch_stats' in variables_shapes:
-    non_params['batch_stats'] = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                             variables_shapes['batch_stats'])
-  order = masks_lib.forward_order(
-      lambda p, xx: plain.apply({'params': p, **non_params}, xx, train=False), params, x)
+  if order is None:
+    order = layer_order(config, params, input_shape, num_classes)
   plan = masks_lib.make_plan(params, order, base_total=base_total, method=config.sparsity.method,
                              granularity=config.sparsity.granularity,
                              dense_layers=tuple(config.sparsity.dense_layers))
   key = jax.random.PRNGKey(config.sparsity.mask_seed)
   return masks_lib.draw_masks(key, params, plan), plan
+
+
+def mup_roles(order) -> dict:
+  """muP layer roles from the forward order: first kernel 'input', last 'output'."""
+  names = [masks_lib.path_name(p) for p in order]
+  return {n: 'input' if i == 0 else 'output' if i == len(names) - 1 else 'hidden'
+          for i, n in enumerate(names)}
+
+
+def parametrization_args(config, params, masks, order):
+  """``(name, width, base, roles, masks)`` for parametrization.py, or None if not muP."""
+  if config.model.parametrization != 'mup':
+    return None
+  return ('mup', config.model.width, config.model.mup_base_width, mup_roles(order), masks)
 
 
 def make_optimizer(config, steps_per_epoch: int, lr_multipliers=None):
@@ -150,8 +174,13 @@ def create_train_state(config, model, tx, input_shape, num_classes) -> TrainStat
   variables = jax.jit(_init_fn(model, input_shape))(init_key)
   params = variables['params']
   batch_stats = variables.get('batch_stats', {})
-  masks, _ = make_masks(config, model, params, input_shape, num_classes)
+  order = layer_order(config, params, input_shape, num_classes)
+  masks, _ = make_masks(config, model, params, input_shape, num_classes, order=order)
   params = masks_lib.rescale_for_density(params, masks)
+  mup = parametrization_args(config, params, masks, order)
+  if mup is not None:  # after masking and the density rescale (effective fan-in)
+    name, width, base, roles, _ = mup
+    params = param_lib.apply_parametrization(params, name, width, base, roles, masks=masks)
   params = jax.tree.map(jnp.asarray, params)
   masks = jax.tree.map(jnp.asarray, masks)
   opt_state = tx.init(params)
@@ -180,6 +209,7 @@ def run_fingerprint(config) -> dict:
       'base_width': config.model.base_width,
       'stem': config.model.stem,
       'parametrization': config.model.parametrization,
+      'mup_base_width': config.model.get('mup_base_width'),
       'sparsity_method': config.sparsity.method,
       'granularity': config.sparsity.granularity,
       'dense_layers': list(config.sparsity.dense_layers),
@@ -210,7 +240,16 @@ def setup_run(config) -> RunSetup:
   spe = input_pipeline.steps_per_epoch(n_train, config.train.batch_size)
   input_shape = _input_shape(config, info)
   model = build_model(config, info.num_classes, int(np.prod(input_shape)))
-  tx, schedule = make_optimizer(config, spe)
+  lr_multipliers = None
+  if config.model.parametrization == 'mup':
+    # Per-layer muP learning rates need the layer densities: the masks are a pure function
+    # of (config, shapes), so they are planned here from abstract params.
+    shapes = jax.eval_shape(_init_fn(model, input_shape), jax.random.PRNGKey(0))['params']
+    order = layer_order(config, shapes, input_shape, info.num_classes)
+    masks, _ = make_masks(config, model, shapes, input_shape, info.num_classes, order=order)
+    name, width, base, roles, _ = parametrization_args(config, shapes, masks, order)
+    lr_multipliers = param_lib.lr_multipliers(shapes, name, width, base, roles, masks=masks)
+  tx, schedule = make_optimizer(config, spe, lr_multipliers)
   total = (config.train.num_train_steps if config.train.num_train_steps > 0
            else config.train.num_epochs * spe)
   return RunSetup(model=model, tx=tx, schedule=schedule, info=info, steps_per_epoch=spe,
