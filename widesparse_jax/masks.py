@@ -101,14 +101,14 @@ def path_name(path: Union[Path, str]) -> str:
     return "/".join(str(k) for k in path)
 
 
-def _walk(tree: Any, prefix: Path = ()) -> Iterator[tuple[Path, Any]]:
+def walk_leaves(tree: Any, prefix: Path = ()) -> Iterator[tuple[Path, Any]]:
     """Yields ``(path, leaf)`` for every leaf, dicts walked in insertion order."""
     if isinstance(tree, Mapping):
         for k, v in tree.items():
-            yield from _walk(v, prefix + (k,))
+            yield from walk_leaves(v, prefix + (k,))
     elif isinstance(tree, (list, tuple)) and not _is_shape_tuple(tree):
         for i, v in enumerate(tree):
-            yield from _walk(v, prefix + (i,))
+            yield from walk_leaves(v, prefix + (i,))
     else:
         yield prefix, tree
 
@@ -118,22 +118,22 @@ def _is_shape_tuple(x: Any) -> bool:
         isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in x)
 
 
-def _rebuild(tree: Any, fn: Callable[[Path, Any], Any], prefix: Path = ()) -> Any:
+def map_with_path(tree: Any, fn: Callable[[Path, Any], Any], prefix: Path = ()) -> Any:
     """Maps ``fn(path, leaf)`` over ``tree`` keeping container types and key order."""
     if isinstance(tree, Mapping):
-        items = [(k, _rebuild(v, fn, prefix + (k,))) for k, v in tree.items()]
+        items = [(k, map_with_path(v, fn, prefix + (k,))) for k, v in tree.items()]
         try:
             return type(tree)(items)
         except Exception:  # exotic mapping types
             return dict(items)
     if isinstance(tree, (list, tuple)) and not _is_shape_tuple(tree):
-        return type(tree)(_rebuild(v, fn, prefix + (i,)) for i, v in enumerate(tree))
+        return type(tree)(map_with_path(v, fn, prefix + (i,)) for i, v in enumerate(tree))
     return fn(prefix, tree)
 
 
 def counted_paths(params: Params, predicate: Predicate = is_counted) -> list[Path]:
     """Paths of the counted leaves of ``params``, in dict insertion order."""
-    return [p for p, leaf in _walk(params) if predicate(p, leaf)]
+    return [p for p, leaf in walk_leaves(params) if predicate(p, leaf)]
 
 
 def insertion_order(params: Params, predicate: Predicate = is_counted) -> list[Path]:
@@ -145,7 +145,7 @@ def insertion_order(params: Params, predicate: Predicate = is_counted) -> list[P
 
 
 def _leaves_by_path(params: Params) -> dict[Path, Any]:
-    return dict(_walk(params))
+    return dict(walk_leaves(params))
 
 
 # --------------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def forward_order(fn: Callable, params: Params, *args: Any,
     leaves (e.g. ``train=False``) are passed through unchanged as static values.
     Layers never read by ``fn`` are appended at the end in insertion order.
     """
-    walked = list(_walk(params))
+    walked = list(walk_leaves(params))
     all_paths = [p for p, _ in walked]
     leaves = [leaf for _, leaf in walked]
     counted = [p for p, leaf in walked if predicate(p, leaf)]
@@ -208,7 +208,7 @@ def forward_order(fn: Callable, params: Params, *args: Any,
 
     def rebuild_params(flat):
         it = dict(zip(all_paths, flat))
-        return _rebuild(params, lambda p, _: it[p])
+        return map_with_path(params, lambda p, _: it[p])
 
     def traced(flat_params, dyn_vals):
         vals = list(extra)
@@ -452,7 +452,7 @@ def _as_shapes(shapes_or_params: Any) -> tuple[dict, list[Path]]:
                   for k, v in shapes_or_params.items()}
         return shapes, list(shapes)
     shapes, counted = {}, []
-    for p, leaf in _walk(shapes_or_params):
+    for p, leaf in walk_leaves(shapes_or_params):
         shapes[p] = _shape(leaf)
         if is_counted(p, leaf):
             counted.append(p)
@@ -689,7 +689,7 @@ def draw_masks(key: Any, params: Params, plan: MaskPlan, *,
             raise ValueError(f"counted layer {path_name(p)!r} is missing from the plan")
         return None
 
-    return _rebuild(params, leaf_mask)
+    return map_with_path(params, leaf_mask)
 
 
 # --------------------------------------------------------------------------------------
@@ -698,7 +698,7 @@ def draw_masks(key: Any, params: Params, plan: MaskPlan, *,
 
 def _pairs(params: Params, masks: Params) -> Iterator[tuple[Path, Any, Any]]:
     m = _leaves_by_path(masks)
-    for p, leaf in _walk(params):
+    for p, leaf in walk_leaves(params):
         yield p, leaf, m.get(p)
 
 
@@ -731,12 +731,12 @@ def apply_masks(params: Params, masks: Params) -> Params:
     def f(p, leaf):
         mk = m.get(p)
         return leaf if mk is None else jnp.where(mk, leaf, jnp.zeros((), leaf.dtype))
-    return _rebuild(params, f)
+    return map_with_path(params, f)
 
 
 def count_weights(params: Params, predicate: Predicate = is_counted) -> int:
     """Number of counted weights (conv + dense kernels) in ``params`` (shapes suffice)."""
-    return sum(int(np.prod(_shape(leaf))) for p, leaf in _walk(params) if predicate(p, leaf))
+    return sum(int(np.prod(_shape(leaf))) for p, leaf in walk_leaves(params) if predicate(p, leaf))
 
 
 def count_kept(masks: Params, params: Params, predicate: Predicate = is_counted) -> int:
@@ -806,7 +806,7 @@ def rescale_for_density(params: Params, masks: Params) -> Params:
             if kp in scale and scale[kp] > 0:
                 return leaf * jnp.asarray(scale[kp], leaf.dtype)
         return leaf
-    return _rebuild(params, f)
+    return map_with_path(params, f)
 
 
 # --------------------------------------------------------------------------------------

@@ -70,11 +70,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+
+from widesparse_jax.masks import map_with_path, walk_leaves
 
 Path = tuple
 Params = Any
@@ -123,25 +124,6 @@ def _check_widths(width: Any, base_width: Any) -> float:
     return float(width) / float(base_width)
 
 
-def _walk(tree: Any, prefix: Path = ()):
-    """(path, leaf) for every leaf, dicts in insertion order; None leaves included."""
-    if isinstance(tree, Mapping):
-        for k, v in tree.items():
-            yield from _walk(v, prefix + (k,))
-    else:
-        yield prefix, tree
-
-
-def _rebuild(tree: Any, fn: Callable[[Path, Any], Any], prefix: Path = ()) -> Any:
-    if isinstance(tree, Mapping):
-        items = [(k, _rebuild(v, fn, prefix + (k,))) for k, v in tree.items()]
-        try:
-            return type(tree)(items)
-        except Exception:  # noqa: BLE001 - exotic mapping types
-            return dict(items)
-    return fn(prefix, tree)
-
-
 def _name(path: Path) -> str:
     return "/".join(str(k) for k in path)
 
@@ -169,7 +151,7 @@ def layer_roles(params: Params, roles: Optional[Mapping[str, str]] = None) -> di
       'input', last 'output', others 'hidden'; a kernel's siblings (bias) share its role; every
       other leaf (BatchNorm scale/bias) is 'other'. A single kernel is 'output'.
     """
-    leaves = [(p, leaf) for p, leaf in _walk(params) if leaf is not None]
+    leaves = [(p, leaf) for p, leaf in walk_leaves(params) if leaf is not None]
     if not leaves:
         raise ValueError("params has no leaves")
     kernels = [p for p, leaf in leaves if _is_kernel(p, leaf)]
@@ -208,9 +190,9 @@ def _densities(params: Params, masks: Optional[Params]) -> dict[Path, float]:
     """{module path: density} of every masked kernel (kept / size)."""
     if masks is None:
         return {}
-    pl = dict(_walk(params))
+    pl = dict(walk_leaves(params))
     out = {}
-    for p, m in _walk(masks):
+    for p, m in walk_leaves(masks):
         if m is None:
             continue
         if p not in pl:
@@ -242,7 +224,7 @@ def leaf_factors(params: Params, name: str, width: float, base_width: float, *,
     role_of = layer_roles(params, roles)
     dens = _densities(params, masks) if fan_in_mode == "effective" else {}
     out = {}
-    for p, leaf in _walk(params):
+    for p, leaf in walk_leaves(params):
         if leaf is None:
             continue
         n = _name(p)
@@ -275,7 +257,7 @@ def init_factors(params: Params, name: str, width: float, base_width: float, *,
     """Pytree (params structure) of the init factors (floats) of :func:`leaf_factors`."""
     f = leaf_factors(params, name, width, base_width, roles=roles, masks=masks,
                      fan_in_mode=fan_in_mode)
-    return _rebuild(params, lambda p, leaf: None if leaf is None else f[_name(p)][0])
+    return map_with_path(params, lambda p, leaf: None if leaf is None else f[_name(p)][0])
 
 
 def apply_parametrization(params: Params, name: str, width: float, base_width: float,
@@ -303,7 +285,7 @@ def apply_parametrization(params: Params, name: str, width: float, base_width: f
             return None
         s = f[_name(p)][0]
         return leaf if s == 1.0 else leaf * jnp.asarray(s, jnp.asarray(leaf).dtype)
-    return _rebuild(params, scale)
+    return map_with_path(params, scale)
 
 
 def lr_multipliers(params: Params, name: str, width: float, base_width: float,
@@ -318,7 +300,7 @@ def lr_multipliers(params: Params, name: str, width: float, base_width: float,
     """
     f = leaf_factors(params, name, width, base_width, roles=roles, masks=masks,
                      fan_in_mode=fan_in_mode)
-    return _rebuild(params, lambda p, leaf: None if leaf is None else f[_name(p)][1])
+    return map_with_path(params, lambda p, leaf: None if leaf is None else f[_name(p)][1])
 
 
 def output_multiplier(name: str, width: float, base_width: float) -> float:
