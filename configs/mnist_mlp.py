@@ -19,7 +19,8 @@ def get_config():
   config.model.parametrization = 'standard'
   config.model.use_bias = True
   config.optimizer.lr = 0.1
-  config.optimizer.momentum = 0.9
+  # The baseline's MLP/main.py uses plain torch.optim.SGD(params, lr): no momentum
+  config.optimizer.momentum = 0.0
   config.optimizer.weight_decay = 0.0
   config.optimizer.schedule = 'constant'
   config.train.num_epochs = 300

@@ -26,11 +26,13 @@ def get_config():
   config.model.parametrization = 'ntk'
   config.model.use_bias = False
   config.model.init_distribution = 'normal'
-  config.sparsity.dense_layers = ('cl',)
+  config.sparsity.dense_layers = ('cl',)  # the last layer stays dense
   config.optimizer.lr = None  # resolved from the tables below by width and sparsity
   config.optimizer.lr_table_dense = dict((str(k), v) for k, v in LR_DENSE.items())
   config.optimizer.lr_table_sparse = dict((str(k), v) for k, v in LR_SPARSE.items())
-  config.optimizer.momentum = 0.9
+  # The baseline's MLP/main.py uses plain torch.optim.SGD(params, lr): no momentum
+  # (the paper's tuned NTK learning rates diverge with momentum 0.9).
+  config.optimizer.momentum = 0.0
   config.optimizer.weight_decay = 0.0
   config.optimizer.schedule = 'constant'
   config.train.num_epochs = 300
