@@ -17,8 +17,12 @@ import tempfile
 
 from absl import logging
 
-from configs import fashion_mnist_mlp
-from widesparse_jax import train
+from widesparse_jax import platform
+
+platform.enable_fast_cpu_convolutions()  # before JAX starts its CPU backend
+
+from configs import fashion_mnist_mlp  # noqa: E402
+from widesparse_jax import train  # noqa: E402
 
 
 def run(width: int, base_width: int | None, epochs: int, workdir: str) -> dict:

@@ -43,6 +43,8 @@ def main(argv):
   from widesparse_jax import config as config_lib
   config_lib.validate_config(FLAGS.config)
 
+  from widesparse_jax import platform
+  platform.enable_fast_cpu_convolutions()  # before JAX starts its CPU backend
   import jax
   if FLAGS.coordinator_address:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,

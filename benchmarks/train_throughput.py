@@ -14,6 +14,10 @@ from pathlib import Path
 import tensorflow_datasets as tfds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for configs/
+from widesparse_jax import platform  # noqa: E402
+
+if '--default-xla' not in sys.argv:
+  platform.enable_fast_cpu_convolutions()  # before JAX starts its CPU backend
 from configs import cifar10  # noqa: E402
 from widesparse_jax import train  # noqa: E402
 
@@ -25,6 +29,7 @@ def main():
   p.add_argument('--steps', type=int, default=60)
   p.add_argument('--batch', type=int, default=128)
   p.add_argument('--window', type=int, default=10)
+  p.add_argument('--default-xla', action='store_true', help='without the fast CPU conv flag')
   a = p.parse_args()
   c = cifar10.get_config()
   c.dataset.source = 'tfds'

@@ -592,6 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   if args.cmd != 'report':  # training progress lines (train.py logs through absl)
+    from widesparse_jax import platform
+    platform.enable_fast_cpu_convolutions()  # before JAX starts its CPU backend
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.INFO)
     absl_logging.set_stderrthreshold(absl_logging.INFO)

@@ -352,3 +352,14 @@ def test_mup_wiring(tmp_path):
   c_bad.model.parametrization = 'mup'
   with pytest.raises(config_lib.ConfigError, match='config.model.mup_base_width=None'):
     config_lib.validate_config(c_bad)
+
+
+def test_fast_cpu_flag_respects_user_setting(monkeypatch):
+  from widesparse_jax import platform
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=none --foo')
+  assert platform.enable_fast_cpu_convolutions() is False
+  assert os.environ['XLA_FLAGS'] == '--xla_cpu_experimental_ynn_fusion_type=none --foo'
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  assert platform.enable_fast_cpu_convolutions() is True
+  assert os.environ['XLA_FLAGS'] == ('--xla_force_host_platform_device_count=2 '
+                                     + platform.FAST_CPU_CONV_FLAG)
