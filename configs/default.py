@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset.idx_dir = config_dict.placeholder(str)  # None: /usr/share/datasets/<name>
   config.dataset.augment = 'cifar_crop_flip'  # cifar_crop_flip|crop|imagenet|none
   config.dataset.normalization = 'channel'  # channel|pixel|none
+  # 'channel' constants: the dataset's own mean/std, or 'imagenet' (what the PyTorch baseline
+  # uses for CIFAR/SVHN; for exact parity with its runs).
+  config.dataset.channel_stats = 'dataset'  # dataset|imagenet
   config.dataset.train_subset = config_dict.placeholder(int)  # None: full training set
   config.dataset.subset_seed = config_dict.placeholder(int)  # None: first N examples
   config.dataset.image_size = config_dict.placeholder(int)  # ImageNet crop size (None: 224)

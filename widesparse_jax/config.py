@@ -17,6 +17,7 @@ DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'cifar100', 'svhn_cropped', 'im
 SOURCES = ('auto', 'tfds', 'idx')
 AUGMENTS = ('cifar_crop_flip', 'crop', 'imagenet', 'none')
 NORMALIZATIONS = ('channel', 'pixel', 'none')
+CHANNEL_STATS = ('dataset', 'imagenet')
 MODELS = ('resnet18', 'mlp', 'resnet18_bottleneck', 'mlp_bottleneck')
 STEMS = ('cifar', 'imagenet')
 PARAMETRIZATIONS = ('standard', 'ntk', 'mup')
@@ -80,6 +81,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   choice('dataset.source', d.source, SOURCES)
   choice('dataset.augment', d.augment, AUGMENTS)
   choice('dataset.normalization', d.normalization, NORMALIZATIONS)
+  choice('dataset.channel_stats', d.get('channel_stats', 'dataset'), CHANNEL_STATS)
   optional_positive_int('dataset.train_subset', d.train_subset)
   check(d.subset_seed is None or _is_int(d.subset_seed), 'dataset.subset_seed', d.subset_seed,
         'None (first N examples) or an integer seed')

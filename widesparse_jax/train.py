@@ -223,7 +223,8 @@ def _data_kwargs(config) -> dict:
   d = config.dataset
   return dict(data_dir=d.data_dir, source=d.source, idx_dir=d.idx_dir,
               normalization=d.normalization, train_subset=d.train_subset,
-              subset_seed=d.subset_seed, image_size=d.image_size)
+              subset_seed=d.subset_seed, image_size=d.image_size,
+              channel_stats=d.get('channel_stats', 'dataset'))
 
 
 def setup_run(config) -> RunSetup:
