@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import json
-import math
 import os
 import sys
 import time
