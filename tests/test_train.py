@@ -156,6 +156,12 @@ def test_metrics_files_and_best_accuracy(tmp_path):
   assert summary['best_test_accuracy'] > 60.0  # 40 steps of a 64-wide MLP learn something
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'tensorboard'))
   assert json.loads((tmp_path / 'summary.json').read_text())['step'] == 40
+  # starting a finished run again trains nothing and keeps its results
+  again = train.train_and_evaluate(small_mlp_config(), str(tmp_path))
+  assert again['steps_this_session'] == 0
+  assert again['best_test_accuracy'] == summary['best_test_accuracy']
+  assert again['final_test_accuracy'] == summary['final_test_accuracy']
+  assert train.read_metrics(str(tmp_path)) == records
 
 
 @needs_fmnist
@@ -265,8 +271,11 @@ def test_pmap_8_devices_matches_1_device(tmp_path):
   run_main(tmp_path / 'one', *flags, devices=1)
   run_main(tmp_path / 'eight', *flags, devices=8)
   a, b = _final_params(tmp_path / 'one'), _final_params(tmp_path / 'eight')
+  # float32 reduction order differs (8 partial sums, BN moments via pmean); measured param
+  # differences after 3 steps are <= 2e-4 while the losses agree to ~1e-7 relative. Unsynced
+  # BN statistics (8 examples per device instead of 64) would change the losses at once.
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(x, y, rtol=1e-3, atol=5e-4)
   # masked weights stay exactly 0 under pmap (invariant 2), kept count exact (invariant 3)
   variables, masks, _ = ckpt_lib.load_variables(str(tmp_path / 'eight'))
   checked = jax.tree.map(lambda m, w: None if m is None else bool(np.all(w[~m] == 0.0)),
@@ -275,7 +284,8 @@ def test_pmap_8_devices_matches_1_device(tmp_path):
   assert masks_lib.count_kept(masks, variables['params']) == 2724 * 4 + 9 * 2 + 8 * 2 * 10
   la = [r['train_loss'] for r in train.read_metrics(str(tmp_path / 'one')) if r['kind'] == 'train']
   lb = [r['train_loss'] for r in train.read_metrics(str(tmp_path / 'eight')) if r['kind'] == 'train']
-  np.testing.assert_allclose(la, lb, rtol=1e-4)
+  assert len(la) == 3
+  np.testing.assert_allclose(la, lb, rtol=1e-5)
   # batch not divisible by the device count: clear error, nothing trained
   p = run_main(tmp_path / 'bad', *flags, '--config.train.batch_size=60', devices=8, check=False)
   assert p.returncode != 0

@@ -410,6 +410,13 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def _last_epoch_record(workdir: str) -> dict:
+  if not os.path.exists(os.path.join(workdir, METRICS_FILE)):
+    return {}
+  epochs = [r for r in read_metrics(workdir) if r['kind'] == 'epoch']
+  return epochs[-1] if epochs else {}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) training and evaluation; returns the final summary.
 
@@ -476,7 +483,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t_window, timed_steps = time.time(), 0  # throughput counts this session's steps only
   t_start = time.time()
   steps_run = 0
-  summary = {}
+  # The latest epoch record (kept when a finished run is started again: nothing to redo).
+  summary = _last_epoch_record(workdir) if jax.process_index() == 0 else {}
 
   def flush(step):
     """Pulls pending step metrics to the host, in order (float64 sums)."""
