@@ -17,13 +17,16 @@ Measured with ``widesparse_jax.analysis.consistency``:
 
 Run (writes results/toolkit/consistency_*.{csv,md,png}):
     python experiments/consistency_study.py --out results/toolkit
+
+ResNet-18 (CIFAR stem), SP vs μP, dense (writes results/toolkit/consistency_resnet.*):
+    python experiments/consistency_study.py --model resnet --widths 4,8,16 --base-width 4 \
+        --n-train 5000 --epochs 1 --out results/toolkit
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import json
 import math
 import os
@@ -219,6 +222,158 @@ def plot(res: dict, out_dir: str, widths: Sequence[int]) -> None:
     fig.savefig(os.path.join(out_dir, "consistency_metrics.png"), dpi=110)
 
 
+# --------------------------------------------------------------------------------------
+# ResNet-18 (CIFAR stem) consistency run
+# --------------------------------------------------------------------------------------
+
+
+def train_resnet_run(net: tc.ResNetNet, data: dict, *, lr: float, momentum: float,
+                     batch_size: int, epochs: int, seed: int = 0) -> dict:
+    """Train a ResNet (BN in train mode, heavy-ball SGD with the net's lr multipliers, no wd);
+    data['x'] / data['x_test'] are images [N, 28, 28, 1]. The example order depends on
+    ``seed`` and the epoch only. Returns {'losses' [T], 'params', 'batch_stats',
+    'test_logits' [N_test, 10], 'features' [N_test, 8w] (penultimate, eval mode), 'test_acc'}."""
+    p, bs = net.params, net.batch_stats
+    mom = jax.tree.map(jnp.zeros_like, p)
+    losses = []
+    for e in range(epochs):
+        xb, yb = tc.epoch_batches(data["x"], data["y"], batch_size, seed, e)
+        p, bs, mom, l = tc.resnet_train_epoch(net.model, p, bs, mom, net.lr_mult,
+                                              jnp.float32(lr), jnp.float32(momentum),
+                                              jnp.asarray(xb), jnp.asarray(yb))
+        losses.append(np.asarray(l))
+    # Test outputs with BN on batch statistics (chunks of 1000 test images, the same chunks for
+    # every width): after one short epoch the running statistics lag the fast-moving weights
+    # (eval-mode accuracy is reported too, as 'test_acc_running_bn').
+    z, feat = tc.resnet_logits_features(net.model, p, bs, data["x_test"], batch_bn=True)
+    z_run, _ = tc.resnet_logits_features(net.model, p, bs, data["x_test"])
+    return {"losses": np.concatenate(losses), "params": p, "batch_stats": bs, "test_logits": z,
+            "features": feat, "test_acc": float(np.mean(np.argmax(z, -1) == data["y_test"])),
+            "test_acc_running_bn": float(np.mean(np.argmax(z_run, -1) == data["y_test"]))}
+
+
+def study_resnet(widths: Sequence[int], *, base_width: int, params=("standard", "mup"),
+                 lr: float = 0.05, momentum: float = 0.9, batch_size: int = 128,
+                 epochs: int = 1, data: Optional[dict] = None, seed: int = 0,
+                 log: Any = print) -> dict:
+    """ResNet-18 family per parametrization, same init seed and data stream for every width;
+    metrics vs the widest net of the same parametrization. Returns {'rows', 'curves':
+    {param: {width: losses}}}."""
+    if data is None:
+        data = load_resnet_data()
+    rows, curves = [], {}
+    base_run = None
+    ref = max(widths)
+    for param in params:
+        runs = {}
+        for w in widths:
+            t0 = time.time()
+            if w == base_width and base_run is not None:  # μP == SP at the base width
+                runs[w] = base_run
+            else:
+                net = tc.make_resnet(w, base_width=base_width, param=param,
+                                     key=jax.random.key(seed))
+                runs[w] = train_resnet_run(net, data, lr=lr, momentum=momentum,
+                                           batch_size=batch_size, epochs=epochs, seed=seed)
+                if w == base_width:
+                    base_run = runs[w]
+            log(f"resnet {param:8s} width {w:3d}: test acc {runs[w]['test_acc']:.4f}, last-20 "
+                f"train loss {runs[w]['losses'][-20:].mean():.4f} ({time.time() - t0:.0f}s)")
+        curves[param] = {w: r["losses"] for w, r in runs.items()}
+        gaps = cons.loss_curve_gaps(curves[param], reference=ref)
+        for w in widths:
+            dg = cons.prediction_disagreement(runs[w]["test_logits"], runs[ref]["test_logits"])
+            g = np.abs(np.asarray(gaps[w]["gap"]))
+            rows.append(dict(
+                param=param, width=w, test_acc=runs[w]["test_acc"],
+                test_acc_running_bn=runs[w]["test_acc_running_bn"],
+                final_train_loss=float(runs[w]["losses"][-20:].mean()),
+                mean_abs_loss_gap=gaps[w]["mean_abs_gap"],
+                loss_gap_last20=float(g[-20:].mean()),
+                prob_msd=dg["prob_msd"], argmax_dis=dg["argmax_disagreement"],
+                cka_penultimate=cons.linear_cka(runs[w]["features"], runs[ref]["features"])))
+    return {"rows": rows, "curves": curves}
+
+
+def load_resnet_data(n_train: int = 5000, n_test: int = 2000) -> dict:
+    """First ``n_train`` training / ``n_test`` test images of Fashion-MNIST, [N, 28, 28, 1]."""
+    x, y = tc.load_fashion_mnist("train", n_train)
+    xt, yt = tc.load_fashion_mnist("test", n_test)
+    return {"x": tc.to_images(x), "y": y, "x_test": tc.to_images(xt), "y_test": yt}
+
+
+def plot_resnet(res: dict, path: str, widths: Sequence[int]) -> None:
+    """Loss curves and |gap to widest| per parametrization + metrics vs width."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    params = list(res["curves"])
+    fig = Figure(figsize=(4 * (len(params) + 1), 7))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, len(params) + 1, squeeze=False)
+    ref = max(widths)
+    for j, p in enumerate(params):
+        for w in widths:
+            c = res["curves"][p][w]
+            axes[0][j].plot(_smooth(c, 5), label=f"w={w}", lw=1)
+            if w != ref:
+                axes[1][j].plot(_smooth(np.abs(c - res["curves"][p][ref]), 5), label=f"w={w}",
+                                lw=1)
+        axes[0][j].set_title(f"ResNet-18, {'μP' if p == 'mup' else 'SP'}")
+        axes[0][j].set_yscale("log")
+        axes[1][j].set_yscale("log")
+        axes[1][j].set_xlabel("step")
+    axes[0][0].set_ylabel("train loss (smoothed, 5)")
+    axes[1][0].set_ylabel(f"|loss - loss(w={ref})| (smoothed)")
+    axes[0][0].legend(fontsize="x-small")
+    rows = res["rows"]
+    for p in params:
+        rr = [r for r in rows if r["param"] == p and r["width"] != ref]
+        lab = "μP" if p == "mup" else "SP"
+        axes[0][-1].plot([r["width"] for r in rr], [r["prob_msd"] for r in rr], "-o",
+                         label=f"{lab} prob MSD")
+        axes[0][-1].plot([r["width"] for r in rr], [r["argmax_dis"] for r in rr], "--s",
+                         label=f"{lab} argmax dis.")
+        axes[1][-1].plot([r["width"] for r in rr], [r["cka_penultimate"] for r in rr], "-o",
+                         label=lab)
+    axes[0][-1].set_title(f"disagreement vs w={ref} (test)", fontsize="small")
+    axes[1][-1].set_title(f"linear CKA of penultimate features vs w={ref}", fontsize="small")
+    for ax in (axes[0][-1], axes[1][-1]):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("width")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main_resnet(a) -> int:
+    os.makedirs(a.out, exist_ok=True)
+    widths = [int(w) for w in a.widths.split(",")]
+    t0 = time.time()
+    res = study_resnet(widths, base_width=a.base_width, lr=a.lr, batch_size=a.batch_size,
+                       epochs=a.epochs, data=load_resnet_data(a.n_train, a.n_test))
+    rows = res["rows"]
+    with open(os.path.join(a.out, "consistency_resnet.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    plot_resnet(res, os.path.join(a.out, "consistency_resnet.png"), widths)
+    text = "\n".join([
+        "### Consistency across widths (ResNet-18, CIFAR stem, Fashion-MNIST)", "",
+        ns.markdown_table(rows, float_fmt=".4g"),
+        f"Setting: first {a.n_train} training images, {a.epochs} epoch(s), batch {a.batch_size}, "
+        f"lr {a.lr} (base), momentum 0.9, no weight decay; BN on batch statistics in training "
+        f"and at test (chunks of 1000 test images; `test_acc_running_bn` uses the running "
+        f"statistics); init seed 0 and the same example order for every width; "
+        f"μP base width {a.base_width}; metrics vs the widest ({max(widths)}) on the first "
+        f"{a.n_test} test images; wall {time.time() - t0:.0f}s.", ""])
+    with open(os.path.join(a.out, "consistency_resnet.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/toolkit")
@@ -229,7 +384,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--ensemble-k", type=int, default=4)
+    ap.add_argument("--model", choices=("mlp", "resnet"), default="mlp",
+                    help="resnet: ResNet-18 SP vs μP, dense (uses --widths, --base-width, --lr, "
+                         "--batch-size, --epochs, --n-train, --n-test)")
+    ap.add_argument("--n-test", type=int, default=2000, help="ResNet only")
     a = ap.parse_args(argv)
+    if a.model == "resnet":
+        return main_resnet(a)
     os.makedirs(a.out, exist_ok=True)
     widths = [int(w) for w in a.widths.split(",")]
     t0 = time.time()

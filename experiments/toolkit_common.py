@@ -157,3 +157,128 @@ def accuracy(model, params, x, y, batch: int = 5000) -> float:
         correct += int(np.sum(np.argmax(np.asarray(logits_fn(model, params, x[i:i + batch])), -1)
                               == y[i:i + batch]))
     return correct / len(y)
+
+
+# --------------------------------------------------------------------------------------
+# Small ResNet-18 (CIFAR stem) on Fashion-MNIST images, SP or μP, dense
+# --------------------------------------------------------------------------------------
+
+IMAGE_SHAPE = (28, 28, 1)
+RESNET_PARAMS = ("standard", "mup")
+
+
+def to_images(x: np.ndarray) -> np.ndarray:
+    """Flat Fashion-MNIST rows [N, 784] -> NHWC images [N, 28, 28, 1] (no copy)."""
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != INPUT_DIM:
+        raise ValueError(f"expected flat images [N, {INPUT_DIM}], got shape {x.shape}")
+    return x.reshape((-1,) + IMAGE_SHAPE)
+
+
+@dataclasses.dataclass
+class ResNetNet:
+    """One member of a ResNet-18 family: module, params, BN statistics, per-leaf lr multipliers
+    (pytree of float32 scalars, traced by the jitted steps) and the μP roles used."""
+
+    model: Any
+    params: Any
+    batch_stats: Any
+    lr_mult: Any
+    roles: dict
+    width: int
+    base_width: int
+    parametrization: str  # 'standard' | 'mup'
+
+
+def make_resnet(width: int, *, base_width: int, param: str, key: jax.Array) -> ResNetNet:
+    """CIFAR-stem ResNet-18 (stage channels w, 2w, 4w, 8w) for 28x28x1 inputs, 10 classes.
+
+    * 'standard': PyTorch default init, lr multipliers 1.
+    * 'mup': the standard init rescaled by ``parametrization.apply_parametrization`` and
+      ``lr_multipliers`` relative to ``base_width``, with the roles of ``train.mup_roles``
+      (forward order: first conv 'input', ``linear`` 'output', other kernels 'hidden';
+      BatchNorm scale/bias 'other', i.e. lr x m) - the wiring of ``train.create_train_state``.
+    """
+    from widesparse_jax.models import ResNet18
+    from widesparse_jax.train import mup_roles
+
+    if param not in RESNET_PARAMS:
+        raise ValueError(f"param {param!r} unknown for the ResNet; allowed: {RESNET_PARAMS}")
+    model = ResNet18(width=width, num_classes=NUM_CLASSES, stem="cifar")
+    x0 = jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32)
+    variables = jax.jit(lambda k: model.init(k, x0, train=False))(key)
+    params, batch_stats = variables["params"], variables["batch_stats"]
+    order = masks_lib.forward_order(
+        lambda p, xx: model.apply({"params": p, "batch_stats": batch_stats}, xx, train=False),
+        params, x0)
+    roles = mup_roles(order)
+    if param == "mup":
+        params = parametrization.apply_parametrization(params, "mup", width, base_width, roles)
+        mult = parametrization.lr_multipliers(params, "mup", width, base_width, roles)
+    else:
+        mult = jax.tree.map(lambda _: 1.0, params)
+    mult = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), mult)
+    return ResNetNet(model, params, batch_stats, mult, roles, width, base_width, param)
+
+
+def resnet_loss(model, params, batch_stats, x, y):
+    """Train-mode (batch-statistics) cross-entropy; returns (loss, new batch_stats)."""
+    logits, new = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                              mutable=["batch_stats"])
+    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+    return loss, new["batch_stats"]
+
+
+def resnet_sgd_step(model, params, batch_stats, mom, lr_mult, lr, momentum, x, y):
+    """One heavy-ball SGD step (buf = momentum*buf + g; p -= lr * mult * buf), no weight
+    decay, with every hyper-parameter traced (one compile per model serves SP and μP, all
+    seeds and lrs). x: [B, 28, 28, 1], y: [B]. Returns (params, batch_stats, mom, loss)."""
+    (loss, batch_stats), g = jax.value_and_grad(
+        lambda p: resnet_loss(model, p, batch_stats, x, y), has_aux=True)(params)
+    mom = jax.tree.map(lambda b, gg: momentum * b + gg, mom, g)
+    params = jax.tree.map(lambda p, b, k: p - lr * k * b, params, mom, lr_mult)
+    return params, batch_stats, mom, loss
+
+
+resnet_step = jax.jit(resnet_sgd_step, static_argnums=(0,))
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def resnet_train_epoch(model, params, batch_stats, mom, lr_mult, lr, momentum, xb, yb):
+    """lax.scan of :func:`resnet_sgd_step` over xb [S, B, 28, 28, 1], yb [S, B].
+    Returns (params, batch_stats, mom, losses [S])."""
+    def body(carry, batch):
+        p, bs, m = carry
+        p, bs, m, loss = resnet_sgd_step(model, p, bs, m, lr_mult, lr, momentum, *batch)
+        return (p, bs, m), loss
+    (params, batch_stats, mom), losses = jax.lax.scan(body, (params, batch_stats, mom), (xb, yb))
+    return params, batch_stats, mom, losses
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def resnet_features(model, params, batch_stats, x, batch_bn: bool = False):
+    """(logits [N, 10], penultimate features [N, 8w] = global-average-pooled output of the last
+    block ``layer4_1``). BN: running statistics, or (``batch_bn``) the statistics of ``x``
+    itself (train-mode BN; the running statistics are not changed)."""
+    filt = lambda mdl, _: mdl.path == ("layer4_1",)  # noqa: E731
+    v = {"params": params, "batch_stats": batch_stats}
+    if batch_bn:
+        out, inter = model.apply(v, x, train=True, capture_intermediates=filt,
+                                 mutable=["batch_stats"])
+    else:
+        out, inter = model.apply(v, x, train=False, capture_intermediates=filt)
+    feat = inter["intermediates"]["layer4_1"]["__call__"][0]
+    return out, jnp.mean(feat, axis=(1, 2))
+
+
+def resnet_logits_features(model, params, batch_stats, x: np.ndarray, batch: int = 1000,
+                           batch_bn: bool = False):
+    """Logits [N, 10] and penultimate features [N, 8w] of images x [N, 28, 28, 1], in chunks
+    of ``batch``; BN with running statistics or (``batch_bn``) each chunk's statistics."""
+    zs, fs = [], []
+    for i in range(0, len(x), batch):
+        z, f = resnet_features(model, params, batch_stats, jnp.asarray(x[i:i + batch]),
+                               batch_bn)
+        zs.append(np.asarray(z))
+        fs.append(np.asarray(f))
+    return np.concatenate(zs), np.concatenate(fs)
