@@ -58,7 +58,8 @@ from typing import Callable, Optional
 
 XLA_PRESETS = {
     'default': '',
-    'fast': '--xla_cpu_experimental_ynn_fusion_type=-individual_convolution',
+    'fast': ('--xla_cpu_experimental_ynn_fusion_type=-individual_convolution'
+             ' --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'),
 }
 JAX_VARIANTS = ('f32', 'bf16')
 TORCH_VARIANTS = ('nchw', 'channels_last')

@@ -365,10 +365,16 @@ def test_mup_wiring(tmp_path):
 
 def test_fast_cpu_flag_respects_user_setting(monkeypatch):
   from widesparse_jax import platform
-  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=none --foo')
+  user = '--xla_cpu_experimental_ynn_fusion_type=none --xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT --foo'
+  monkeypatch.setenv('XLA_FLAGS', user)
   assert platform.enable_fast_cpu_convolutions() is False
-  assert os.environ['XLA_FLAGS'] == '--xla_cpu_experimental_ynn_fusion_type=none --foo'
+  assert os.environ['XLA_FLAGS'] == user
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=none --foo')
+  assert platform.enable_fast_cpu_convolutions() is True
+  assert os.environ['XLA_FLAGS'] == ('--xla_cpu_experimental_ynn_fusion_type=none --foo '
+                                     + platform.CPU_SCHEDULER_FLAG)
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
   assert platform.enable_fast_cpu_convolutions() is True
   assert os.environ['XLA_FLAGS'] == ('--xla_force_host_platform_device_count=2 '
-                                     + platform.FAST_CPU_CONV_FLAG)
+                                     + platform.FAST_CPU_CONV_FLAG + ' '
+                                     + platform.CPU_SCHEDULER_FLAG)
