@@ -17,10 +17,9 @@ torch = pytest.importorskip('torch')
 from widesparse_jax import baseline as B  # noqa: E402
 from widesparse_jax import torch_reference as tr  # noqa: E402
 
+from golden_paths import INTEROP_DIR as GOLDEN  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN = REPO / '..' / 'shared' / 'golden' / 'interop'
-if not GOLDEN.is_dir():
-  GOLDEN = Path('/work/shared/golden/interop')
 pytestmark = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f'fixture {GOLDEN} not found')
 
 W, C = 6, 10

@@ -13,7 +13,7 @@ pytest.importorskip('torch')
 from experiments import compare_baseline as cb
 
 ROOT = Path(__file__).resolve().parents[1]
-INTEROP = ROOT.parent / 'shared' / 'golden' / 'interop'
+from golden_paths import INTEROP_DIR as INTEROP  # noqa: E402
 FMNIST = Path('/usr/share/datasets/fashion-mnist')
 needs_fixture = pytest.mark.skipif(not (INTEROP / 'stats.pt').exists(),
                                    reason='shared baseline fixture ../shared/golden/interop missing')

@@ -14,7 +14,7 @@ import pytest
 
 from widesparse_jax import masks as M
 
-GOLDEN = pathlib.Path("/work/shared/golden/baseline_sparsity.json")
+from golden_paths import SPARSITY_JSON as GOLDEN  # noqa: E402
 S = jax.ShapeDtypeStruct
 F32 = jnp.float32
 

@@ -1,7 +1,6 @@
 """End-to-end tests of ``python -m widesparse_jax.masks`` (real subprocess, real models)."""
 
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -9,7 +8,7 @@ import pytest
 
 pytest.importorskip("widesparse_jax.models")
 
-GOLDEN = pathlib.Path("/work/shared/golden/baseline_sparsity.json")
+from golden_paths import SPARSITY_JSON as GOLDEN  # noqa: E402
 
 
 def run_cli(*args, ok=True):

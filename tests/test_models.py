@@ -25,7 +25,9 @@ from widesparse_jax.models import bottleneck as bmod
 from widesparse_jax.models.resnet import BasicBlock, max_pool_torch
 
 KEY = jax.random.PRNGKey(0)
-GOLDEN = "/work/shared/golden/interop"
+from golden_paths import INTEROP_DIR  # noqa: E402
+
+GOLDEN = str(INTEROP_DIR)
 
 
 def _kernels(params):
