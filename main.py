@@ -10,56 +10,67 @@ latest checkpoint. Multi-host (GPU/TPU pods): start the same command on every ho
 import json
 import logging as pylogging
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and summaries.')
-config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
-                                lock_config=True)
-flags.DEFINE_bool('distributed', False,
-                  'Call jax.distributed.initialize() with auto-detection (TPU pods, SLURM).')
-flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-host).')
-flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
-flags.DEFINE_integer('process_id', None, 'Index of this process (multi-host).')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.")
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)."
+)
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+flags.DEFINE_integer("process_id", None, "Index of this process (multi-host).")
+flags.mark_flags_as_required(["config", "workdir"])
 
 
 class _QuietLibraries(pylogging.Filter):
-  """Drops INFO chatter of orbax/absl internals so progress lines stay readable."""
+    """Drops INFO chatter of orbax/absl internals so progress lines stay readable."""
 
-  def filter(self, record):
-    return record.levelno >= pylogging.WARNING or 'widesparse_jax' in record.pathname \
-        or record.pathname.endswith('main.py')
+    def filter(self, record):
+        return (
+            record.levelno >= pylogging.WARNING
+            or "widesparse_jax" in record.pathname
+            or record.pathname.endswith("main.py")
+        )
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  # Validate the whole config before anything is initialized, read or written.
-  from widesparse_jax import config as config_lib
-  config_lib.validate_config(FLAGS.config)
+    if len(argv) > 1:
+        raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    # Validate the whole config before anything is initialized, read or written.
+    from widesparse_jax import config as config_lib
 
-  from widesparse_jax import platform
-  platform.enable_fast_cpu_convolutions()  # before JAX starts its CPU backend
-  import jax
-  if FLAGS.coordinator_address:
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes,
-                               process_id=FLAGS.process_id)
-  elif FLAGS.distributed:
-    jax.distributed.initialize()
-  logging.info('JAX process %d/%d, local devices %s', jax.process_index(),
-               jax.process_count(), jax.local_devices())
+    config_lib.validate_config(FLAGS.config)
 
-  from widesparse_jax import train
-  summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  if jax.process_index() == 0:
-    print(json.dumps(summary, indent=2))
+    from widesparse_jax import platform
+
+    platform.enable_fast_cpu_convolutions()  # before JAX starts its CPU backend
+    import jax
+
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+    elif FLAGS.distributed:
+        jax.distributed.initialize()
+    logging.info(
+        "JAX process %d/%d, local devices %s",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_devices(),
+    )
+
+    from widesparse_jax import train
+
+    summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if jax.process_index() == 0:
+        print(json.dumps(summary, indent=2))
 
 
-if __name__ == '__main__':
-  app.run(main)
+if __name__ == "__main__":
+    app.run(main)

@@ -52,27 +52,46 @@ def main():
     t = time.perf_counter()
     order = masks.forward_order(
         lambda p, s, xx: model.apply({"params": p, "batch_stats": s}, xx, train=False),
-        params, stats, x)
+        params,
+        stats,
+        x,
+    )
     t_order = time.perf_counter() - t
     base_total = masks.count_weights(base_params)
 
-    t_plan, plan = best_of(lambda: masks.make_plan(params, order, base_total=base_total,
-                                                   method=a.method,
-                                                   granularity=a.granularity), a.repeats)
+    t_plan, plan = best_of(
+        lambda: masks.make_plan(
+            params, order, base_total=base_total, method=a.method, granularity=a.granularity
+        ),
+        a.repeats,
+    )
     key = jax.random.key(0)
     masks.draw_masks(key, params, plan, num_threads=a.threads)  # warm up jax fold_in dispatch
-    t_draw, m = best_of(lambda: masks.draw_masks(key, params, plan, num_threads=a.threads),
-                        a.repeats)
+    t_draw, m = best_of(
+        lambda: masks.draw_masks(key, params, plan, num_threads=a.threads), a.repeats
+    )
     kept = masks.count_kept(m, params)
     assert kept == plan.total_keep
-    print(json.dumps({
-        "width": a.width, "base_width": a.base_width, "stem": a.stem, "method": a.method,
-        "granularity": a.granularity, "total_width": plan.total_width,
-        "total_base": plan.total_base, "total_keep": plan.total_keep, "kept_drawn": kept,
-        "seconds_shapes": round(t_shapes, 3), "seconds_forward_order": round(t_order, 3),
-        "seconds_plan": round(t_plan, 5), "seconds_draw": round(t_draw, 3),
-        "repeats": a.repeats,
-    }))
+    print(
+        json.dumps(
+            {
+                "width": a.width,
+                "base_width": a.base_width,
+                "stem": a.stem,
+                "method": a.method,
+                "granularity": a.granularity,
+                "total_width": plan.total_width,
+                "total_base": plan.total_base,
+                "total_keep": plan.total_keep,
+                "kept_drawn": kept,
+                "seconds_shapes": round(t_shapes, 3),
+                "seconds_forward_order": round(t_order, 3),
+                "seconds_plan": round(t_plan, 5),
+                "seconds_draw": round(t_draw, 3),
+                "repeats": a.repeats,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -9,18 +9,18 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.dataset.name = 'cifar10'
-  config.dataset.augment = 'cifar_crop_flip'
-  config.dataset.normalization = 'channel'
-  config.model.name = 'resnet18'
-  config.model.stem = 'cifar'
-  config.model.width = 18
-  config.optimizer.weight_decay = 5e-4
-  config.optimizer.schedule = 'multistep'
-  config.optimizer.milestones = (50, 120, 200)
-  config.train.num_epochs = 300
-  config.train.batch_size = 128
-  # One checkpoint per epoch (390 steps) bounds lost work after a crash.
-  config.train.checkpoint_every_steps = 390
-  return config
+    config = default.get_config()
+    config.dataset.name = "cifar10"
+    config.dataset.augment = "cifar_crop_flip"
+    config.dataset.normalization = "channel"
+    config.model.name = "resnet18"
+    config.model.stem = "cifar"
+    config.model.width = 18
+    config.optimizer.weight_decay = 5e-4
+    config.optimizer.schedule = "multistep"
+    config.optimizer.milestones = (50, 120, 200)
+    config.train.num_epochs = 300
+    config.train.batch_size = 128
+    # One checkpoint per epoch (390 steps) bounds lost work after a crash.
+    config.train.checkpoint_every_steps = 390
+    return config

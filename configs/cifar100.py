@@ -4,6 +4,6 @@ from configs import cifar10
 
 
 def get_config():
-  config = cifar10.get_config()
-  config.dataset.name = 'cifar100'
-  return config
+    config = cifar10.get_config()
+    config.dataset.name = "cifar100"
+    return config

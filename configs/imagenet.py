@@ -10,20 +10,20 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.dataset.name = 'imagenet2012'
-  config.dataset.source = 'tfds'
-  config.dataset.augment = 'imagenet'
-  config.dataset.normalization = 'channel'
-  config.model.name = 'resnet18'
-  config.model.stem = 'imagenet'
-  config.model.width = 64
-  config.optimizer.lr = 0.1
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.schedule = 'cosine'
-  config.train.num_epochs = 150
-  config.train.batch_size = 256
-  config.train.eval_batch_size = 500
-  config.train.log_every_steps = 500
-  config.train.checkpoint_every_steps = 5000
-  return config
+    config = default.get_config()
+    config.dataset.name = "imagenet2012"
+    config.dataset.source = "tfds"
+    config.dataset.augment = "imagenet"
+    config.dataset.normalization = "channel"
+    config.model.name = "resnet18"
+    config.model.stem = "imagenet"
+    config.model.width = 64
+    config.optimizer.lr = 0.1
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.schedule = "cosine"
+    config.train.num_epochs = 150
+    config.train.batch_size = 256
+    config.train.eval_batch_size = 500
+    config.train.log_every_steps = 500
+    config.train.checkpoint_every_steps = 5000
+    return config

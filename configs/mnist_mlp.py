@@ -10,21 +10,21 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.dataset.name = 'mnist'
-  config.dataset.augment = 'none'
-  config.dataset.normalization = 'channel'
-  config.model.name = 'mlp'
-  config.model.width = 5
-  config.model.parametrization = 'standard'
-  config.model.use_bias = True
-  config.optimizer.lr = 0.1
-  # The baseline's MLP/main.py uses plain torch.optim.SGD(params, lr): no momentum
-  config.optimizer.momentum = 0.0
-  config.optimizer.weight_decay = 0.0
-  config.optimizer.schedule = 'constant'
-  config.train.num_epochs = 300
-  config.train.batch_size = 100
-  config.train.eval_batch_size = 1000
-  config.train.checkpoint_every_steps = 600
-  return config
+    config = default.get_config()
+    config.dataset.name = "mnist"
+    config.dataset.augment = "none"
+    config.dataset.normalization = "channel"
+    config.model.name = "mlp"
+    config.model.width = 5
+    config.model.parametrization = "standard"
+    config.model.use_bias = True
+    config.optimizer.lr = 0.1
+    # The baseline's MLP/main.py uses plain torch.optim.SGD(params, lr): no momentum
+    config.optimizer.momentum = 0.0
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.schedule = "constant"
+    config.train.num_epochs = 300
+    config.train.batch_size = 100
+    config.train.eval_batch_size = 1000
+    config.train.checkpoint_every_steps = 600
+    return config

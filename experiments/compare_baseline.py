@@ -43,313 +43,402 @@ import numpy as np
 
 DEFAULT_K = 2.0
 DEFAULT_STD = 0.5  # accuracy points (percent), used when no side has >= 2 seeds
-CURVES = ('train_loss', 'test_loss', 'train_accuracy', 'test_accuracy')
-CONFIG_FIELDS = ('dataset', 'model', 'width', 'base_width', 'lr', 'momentum', 'weight_decay',
-                 'num_epochs', 'batch_size', 'schedule')
-BASELINE_MODEL_FILES = ('model_final.pt', 'model_init.pt')
+CURVES = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
+CONFIG_FIELDS = (
+    "dataset",
+    "model",
+    "width",
+    "base_width",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "num_epochs",
+    "batch_size",
+    "schedule",
+)
+BASELINE_MODEL_FILES = ("model_final.pt", "model_init.pt")
 
 
 @dataclasses.dataclass
 class Run:
-  """One training run in a common form.
+    """One training run in a common form.
 
-  epochs: float [E] completed epochs (1 = after the first epoch). curves: name -> float [E]
-  for CURVES (accuracies in percent, NaN where missing). best_test_accuracy: percent.
-  config: the CONFIG_FIELDS (+ 'seed') as plain values, None where unknown.
-  """
-  name: str
-  side: str  # 'baseline' | 'ours'
-  epochs: np.ndarray
-  curves: dict
-  best_test_accuracy: float
-  config: dict
+    epochs: float [E] completed epochs (1 = after the first epoch). curves: name -> float [E]
+    for CURVES (accuracies in percent, NaN where missing). best_test_accuracy: percent.
+    config: the CONFIG_FIELDS (+ 'seed') as plain values, None where unknown.
+    """
+
+    name: str
+    side: str  # 'baseline' | 'ours'
+    epochs: np.ndarray
+    curves: dict
+    best_test_accuracy: float
+    config: dict
 
 
 # ----------------------------------------------------------------------------- loading
 
 
 def _nan_max(a: np.ndarray) -> float:
-  a = np.asarray(a, np.float64)
-  return float(np.nanmax(a)) if a.size and np.any(np.isfinite(a)) else float('nan')
+    a = np.asarray(a, np.float64)
+    return float(np.nanmax(a)) if a.size and np.any(np.isfinite(a)) else float("nan")
 
 
 def baseline_config(args: Mapping[str, Any]) -> dict:
-  """The baseline's argparse fields (ResNet18/main.py names) -> our CONFIG_FIELDS."""
-  width = args.get('width')
-  base = args.get('base_width')
-  return {
-      'dataset': args.get('dataset'),
-      'model': args.get('model_name'),
-      'width': width,
-      'base_width': base if base is not None else width,
-      'lr': args.get('lr'),
-      'momentum': args.get('momentum'),
-      'weight_decay': args.get('wd'),
-      'num_epochs': args.get('num_epochs'),
-      'batch_size': args.get('mbs'),
-      'schedule': args.get('scheduler'),
-      'seed': args.get('seed'),
-  }
+    """The baseline's argparse fields (ResNet18/main.py names) -> our CONFIG_FIELDS."""
+    width = args.get("width")
+    base = args.get("base_width")
+    return {
+        "dataset": args.get("dataset"),
+        "model": args.get("model_name"),
+        "width": width,
+        "base_width": base if base is not None else width,
+        "lr": args.get("lr"),
+        "momentum": args.get("momentum"),
+        "weight_decay": args.get("wd"),
+        "num_epochs": args.get("num_epochs"),
+        "batch_size": args.get("mbs"),
+        "schedule": args.get("scheduler"),
+        "seed": args.get("seed"),
+    }
 
 
 def our_config(cfg: Mapping[str, Any]) -> dict:
-  """Our config.json (nested dict of configs/default.py) -> CONFIG_FIELDS."""
-  d, m, o, t = (cfg.get(k, {}) or {} for k in ('dataset', 'model', 'optimizer', 'train'))
-  width = m.get('width')
-  base = m.get('base_width')
-  return {
-      'dataset': d.get('name'),
-      'model': m.get('name'),
-      'width': width,
-      'base_width': base if base is not None else width,
-      'lr': o.get('lr'),
-      'momentum': o.get('momentum'),
-      'weight_decay': o.get('weight_decay'),
-      'num_epochs': t.get('num_epochs'),
-      'batch_size': t.get('batch_size'),
-      'schedule': o.get('schedule'),
-      'seed': t.get('seed'),
-  }
+    """Our config.json (nested dict of configs/default.py) -> CONFIG_FIELDS."""
+    d, m, o, t = (cfg.get(k, {}) or {} for k in ("dataset", "model", "optimizer", "train"))
+    width = m.get("width")
+    base = m.get("base_width")
+    return {
+        "dataset": d.get("name"),
+        "model": m.get("name"),
+        "width": width,
+        "base_width": base if base is not None else width,
+        "lr": o.get("lr"),
+        "momentum": o.get("momentum"),
+        "weight_decay": o.get("weight_decay"),
+        "num_epochs": t.get("num_epochs"),
+        "batch_size": t.get("batch_size"),
+        "schedule": o.get("schedule"),
+        "seed": t.get("seed"),
+    }
 
 
 def load_baseline_run(path: str, name: Optional[str] = None) -> Run:
-  """A baseline run directory (stats.pt [+ model_final.pt/model_init.pt]) or a stats.pt file."""
-  from widesparse_jax import baseline  # pylint: disable=g-import-not-at-top
-  if os.path.isdir(path):
-    run_dir, stats_path = path, os.path.join(path, 'stats.pt')
-  else:
-    run_dir, stats_path = os.path.dirname(path), path
-  if not os.path.exists(stats_path):
-    raise ValueError(f'baseline run {path!r}: no stats.pt found (expected {stats_path!r})')
-  st = baseline.read_stats(stats_path)
-  curves = {'train_loss': st['train_loss'], 'test_loss': st['test_loss'],
-            'train_accuracy': st['train_acc1'], 'test_accuracy': st['test_acc1']}
-  args: dict = {}
-  best = None
-  for fname in BASELINE_MODEL_FILES:
-    p = os.path.join(run_dir, fname)
-    if os.path.exists(p):
-      ckpt = baseline.load_torch_file(p, allow_pickle=True)
-      a = ckpt.get('args') if isinstance(ckpt, Mapping) else None
-      args = dict(vars(a)) if isinstance(a, argparse.Namespace) else dict(a or {})
-      if fname == 'model_final.pt' and ckpt.get('best_acc') is not None:
-        best = float(ckpt['best_acc'])
-      break
-  curve_best = _nan_max(curves['test_accuracy'])
-  if best is None or not math.isfinite(best):
-    best = curve_best
-  return Run(name=name or path, side='baseline',
-             epochs=st['epochs'].astype(np.float64) + 1.0,
-             curves={k: np.asarray(v, np.float64) for k, v in curves.items()},
-             best_test_accuracy=best, config=baseline_config(args))
+    """A baseline run directory (stats.pt [+ model_final.pt/model_init.pt]) or a stats.pt file."""
+    from widesparse_jax import baseline  # pylint: disable=g-import-not-at-top
+
+    if os.path.isdir(path):
+        run_dir, stats_path = path, os.path.join(path, "stats.pt")
+    else:
+        run_dir, stats_path = os.path.dirname(path), path
+    if not os.path.exists(stats_path):
+        raise ValueError(f"baseline run {path!r}: no stats.pt found (expected {stats_path!r})")
+    st = baseline.read_stats(stats_path)
+    curves = {
+        "train_loss": st["train_loss"],
+        "test_loss": st["test_loss"],
+        "train_accuracy": st["train_acc1"],
+        "test_accuracy": st["test_acc1"],
+    }
+    args: dict = {}
+    best = None
+    for fname in BASELINE_MODEL_FILES:
+        p = os.path.join(run_dir, fname)
+        if os.path.exists(p):
+            ckpt = baseline.load_torch_file(p, allow_pickle=True)
+            a = ckpt.get("args") if isinstance(ckpt, Mapping) else None
+            args = dict(vars(a)) if isinstance(a, argparse.Namespace) else dict(a or {})
+            if fname == "model_final.pt" and ckpt.get("best_acc") is not None:
+                best = float(ckpt["best_acc"])
+            break
+    curve_best = _nan_max(curves["test_accuracy"])
+    if best is None or not math.isfinite(best):
+        best = curve_best
+    return Run(
+        name=name or path,
+        side="baseline",
+        epochs=st["epochs"].astype(np.float64) + 1.0,
+        curves={k: np.asarray(v, np.float64) for k, v in curves.items()},
+        best_test_accuracy=best,
+        config=baseline_config(args),
+    )
 
 
 def load_our_run(workdir: str, name: Optional[str] = None) -> Run:
-  """A workdir of main.py / train.train_and_evaluate (metrics.jsonl, summary.json, config.json)."""
-  mpath = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(mpath):
-    raise ValueError(f'our run {workdir!r}: no metrics.jsonl (is it a main.py workdir?)')
-  with open(mpath) as f:
-    recs = [json.loads(line) for line in f if line.strip()]
-  recs = sorted((r for r in recs if r.get('kind') == 'epoch'), key=lambda r: r['epoch'])
-  if not recs:
-    raise ValueError(f"our run {workdir!r}: metrics.jsonl has no 'epoch' records")
-  epochs = np.asarray([float(r['epoch']) for r in recs])
-  curves = {k: np.asarray([float(r.get(k, np.nan)) if r.get(k) is not None else np.nan
-                           for r in recs]) for k in CURVES}
-  best = None
-  spath = os.path.join(workdir, 'summary.json')
-  if os.path.exists(spath):
-    with open(spath) as f:
-      best = json.load(f).get('best_test_accuracy')
-  if best is None:
-    best = recs[-1].get('best_test_accuracy', _nan_max(curves['test_accuracy']))
-  cpath = os.path.join(workdir, 'config.json')
-  cfg = {}
-  if os.path.exists(cpath):
-    with open(cpath) as f:
-      cfg = json.load(f)
-  return Run(name=name or workdir, side='ours', epochs=epochs, curves=curves,
-             best_test_accuracy=float(best), config=our_config(cfg))
+    """A workdir of main.py / train.train_and_evaluate (metrics.jsonl, summary.json, config.json)."""
+    mpath = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(mpath):
+        raise ValueError(f"our run {workdir!r}: no metrics.jsonl (is it a main.py workdir?)")
+    with open(mpath) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    recs = sorted((r for r in recs if r.get("kind") == "epoch"), key=lambda r: r["epoch"])
+    if not recs:
+        raise ValueError(f"our run {workdir!r}: metrics.jsonl has no 'epoch' records")
+    epochs = np.asarray([float(r["epoch"]) for r in recs])
+    curves = {
+        k: np.asarray([float(r.get(k, np.nan)) if r.get(k) is not None else np.nan for r in recs])
+        for k in CURVES
+    }
+    best = None
+    spath = os.path.join(workdir, "summary.json")
+    if os.path.exists(spath):
+        with open(spath) as f:
+            best = json.load(f).get("best_test_accuracy")
+    if best is None:
+        best = recs[-1].get("best_test_accuracy", _nan_max(curves["test_accuracy"]))
+    cpath = os.path.join(workdir, "config.json")
+    cfg = {}
+    if os.path.exists(cpath):
+        with open(cpath) as f:
+            cfg = json.load(f)
+    return Run(
+        name=name or workdir,
+        side="ours",
+        epochs=epochs,
+        curves=curves,
+        best_test_accuracy=float(best),
+        config=our_config(cfg),
+    )
 
 
 # ----------------------------------------------------------------------------- comparing
 
 
 def _same(a: Any, b: Any) -> bool:
-  if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-  if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-  return a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 def config_differences(baseline_cfg: Mapping[str, Any], ours_cfg: Mapping[str, Any]) -> list[str]:
-  """Human-readable lines, one per CONFIG_FIELDS entry that differs (unknown on a side = note)."""
-  out = []
-  for k in CONFIG_FIELDS:
-    a, b = baseline_cfg.get(k), ours_cfg.get(k)
-    if a is None or b is None:
-      if a is not None or b is not None:
-        out.append(f'{k}: baseline={a!r} ours={b!r} (unknown on one side)')
-      continue
-    if not _same(a, b):
-      out.append(f'{k}: baseline={a!r} ours={b!r}')
-  return out
+    """Human-readable lines, one per CONFIG_FIELDS entry that differs (unknown on a side = note)."""
+    out = []
+    for k in CONFIG_FIELDS:
+        a, b = baseline_cfg.get(k), ours_cfg.get(k)
+        if a is None or b is None:
+            if a is not None or b is not None:
+                out.append(f"{k}: baseline={a!r} ours={b!r} (unknown on one side)")
+            continue
+        if not _same(a, b):
+            out.append(f"{k}: baseline={a!r} ours={b!r}")
+    return out
 
 
 def pooled_std(groups: Sequence[Sequence[float]]) -> Optional[float]:
-  """Pooled sample std over the groups with >= 2 finite values; None if there is none."""
-  num, den = 0.0, 0
-  for g in groups:
-    v = np.asarray([x for x in g if math.isfinite(x)], np.float64)
-    if v.size >= 2:
-      num += float(np.var(v, ddof=1)) * (v.size - 1)
-      den += v.size - 1
-  return math.sqrt(num / den) if den else None
+    """Pooled sample std over the groups with >= 2 finite values; None if there is none."""
+    num, den = 0.0, 0
+    for g in groups:
+        v = np.asarray([x for x in g if math.isfinite(x)], np.float64)
+        if v.size >= 2:
+            num += float(np.var(v, ddof=1)) * (v.size - 1)
+            den += v.size - 1
+    return math.sqrt(num / den) if den else None
 
 
-def noise_flag(baseline_vals: Sequence[float], ours_vals: Sequence[float], *, k: float = DEFAULT_K,
-               default_std: float = DEFAULT_STD) -> dict:
-  """The documented noise rule for one scalar. Returns a dict with the means, difference,
-  the std used and its source, the threshold k*s and ``flag`` (True = beyond seed noise)."""
-  if k <= 0 or default_std <= 0:
-    raise ValueError(f'k={k} and default_std={default_std} must both be > 0')
-  mb = float(np.nanmean(baseline_vals)) if len(baseline_vals) else float('nan')
-  mo = float(np.nanmean(ours_vals)) if len(ours_vals) else float('nan')
-  s = pooled_std([baseline_vals, ours_vals])
-  source = 'pooled seed std'
-  if s is None or s == 0.0:
-    s, source = default_std, 'default (fewer than 2 seeds per side)' if s is None else \
-        'default (seed std is 0)'
-  diff = mo - mb
-  return {'baseline_mean': mb, 'ours_mean': mo, 'diff': diff, 'std': s, 'std_source': source,
-          'threshold': k * s, 'flag': bool(math.isfinite(diff) and abs(diff) > k * s),
-          'n_baseline': len(baseline_vals), 'n_ours': len(ours_vals)}
+def noise_flag(
+    baseline_vals: Sequence[float],
+    ours_vals: Sequence[float],
+    *,
+    k: float = DEFAULT_K,
+    default_std: float = DEFAULT_STD,
+) -> dict:
+    """The documented noise rule for one scalar. Returns a dict with the means, difference,
+    the std used and its source, the threshold k*s and ``flag`` (True = beyond seed noise)."""
+    if k <= 0 or default_std <= 0:
+        raise ValueError(f"k={k} and default_std={default_std} must both be > 0")
+    mb = float(np.nanmean(baseline_vals)) if len(baseline_vals) else float("nan")
+    mo = float(np.nanmean(ours_vals)) if len(ours_vals) else float("nan")
+    s = pooled_std([baseline_vals, ours_vals])
+    source = "pooled seed std"
+    if s is None or s == 0.0:
+        s, source = (
+            default_std,
+            "default (fewer than 2 seeds per side)" if s is None else "default (seed std is 0)",
+        )
+    diff = mo - mb
+    return {
+        "baseline_mean": mb,
+        "ours_mean": mo,
+        "diff": diff,
+        "std": s,
+        "std_source": source,
+        "threshold": k * s,
+        "flag": bool(math.isfinite(diff) and abs(diff) > k * s),
+        "n_baseline": len(baseline_vals),
+        "n_ours": len(ours_vals),
+    }
 
 
 def _final(run: Run, key: str) -> float:
-  v = run.curves[key]
-  fin = v[np.isfinite(v)]
-  return float(fin[-1]) if fin.size else float('nan')
+    v = run.curves[key]
+    fin = v[np.isfinite(v)]
+    return float(fin[-1]) if fin.size else float("nan")
 
 
-def compare(baseline_runs: Sequence[Run], our_runs: Sequence[Run], *, k: float = DEFAULT_K,
-            default_std: float = DEFAULT_STD) -> dict:
-  """Full report: config differences, and for best/final accuracies and final losses the
-  noise rule of :func:`noise_flag`; plus per-curve max |difference| over common epochs."""
-  if not baseline_runs or not our_runs:
-    raise ValueError(f'need at least one run per side, got {len(baseline_runs)} baseline and '
-                     f'{len(our_runs)} of ours')
-  cfg_diffs = config_differences(baseline_runs[0].config, our_runs[0].config)
-  within = {}
-  for side, runs in (('baseline', baseline_runs), ('ours', our_runs)):
-    for r in runs[1:]:
-      d = config_differences(runs[0].config, r.config)  # same-side runs must agree too
-      if d:
-        within[r.name] = d
-  scalars = {}
-  loss_std = default_std / 100.0
-  scalars['best_test_accuracy'] = noise_flag(
-      [r.best_test_accuracy for r in baseline_runs], [r.best_test_accuracy for r in our_runs],
-      k=k, default_std=default_std)
-  for key in CURVES:
-    ds = loss_std if key.endswith('loss') else default_std
-    scalars[f'final_{key}'] = noise_flag([_final(r, key) for r in baseline_runs],
-                                         [_final(r, key) for r in our_runs], k=k, default_std=ds)
-  curve_diff = {}
-  b0, o0 = baseline_runs[0], our_runs[0]
-  common = np.intersect1d(np.round(b0.epochs, 6), np.round(o0.epochs, 6))
-  for key in CURVES:
-    bi = {round(e, 6): v for e, v in zip(b0.epochs, b0.curves[key])}
-    oi = {round(e, 6): v for e, v in zip(o0.epochs, o0.curves[key])}
-    d = [abs(oi[e] - bi[e]) for e in common if math.isfinite(oi[e]) and math.isfinite(bi[e])]
-    curve_diff[key] = max(d) if d else None
-  return {'config_differences': cfg_diffs, 'same_side_config_differences': within,
-          'seeds': {'baseline': [r.config.get('seed') for r in baseline_runs],
-                    'ours': [r.config.get('seed') for r in our_runs]},
-          'scalars': scalars, 'common_epochs': [float(e) for e in common],
-          'max_curve_difference_common_epochs': curve_diff, 'k': k, 'default_std': default_std,
-          'flagged': sorted(n for n, s in scalars.items() if s['flag'])}
+def compare(
+    baseline_runs: Sequence[Run],
+    our_runs: Sequence[Run],
+    *,
+    k: float = DEFAULT_K,
+    default_std: float = DEFAULT_STD,
+) -> dict:
+    """Full report: config differences, and for best/final accuracies and final losses the
+    noise rule of :func:`noise_flag`; plus per-curve max |difference| over common epochs."""
+    if not baseline_runs or not our_runs:
+        raise ValueError(
+            f"need at least one run per side, got {len(baseline_runs)} baseline and "
+            f"{len(our_runs)} of ours"
+        )
+    cfg_diffs = config_differences(baseline_runs[0].config, our_runs[0].config)
+    within = {}
+    for _side, runs in (("baseline", baseline_runs), ("ours", our_runs)):
+        for r in runs[1:]:
+            d = config_differences(runs[0].config, r.config)  # same-side runs must agree too
+            if d:
+                within[r.name] = d
+    scalars = {}
+    loss_std = default_std / 100.0
+    scalars["best_test_accuracy"] = noise_flag(
+        [r.best_test_accuracy for r in baseline_runs],
+        [r.best_test_accuracy for r in our_runs],
+        k=k,
+        default_std=default_std,
+    )
+    for key in CURVES:
+        ds = loss_std if key.endswith("loss") else default_std
+        scalars[f"final_{key}"] = noise_flag(
+            [_final(r, key) for r in baseline_runs],
+            [_final(r, key) for r in our_runs],
+            k=k,
+            default_std=ds,
+        )
+    curve_diff = {}
+    b0, o0 = baseline_runs[0], our_runs[0]
+    common = np.intersect1d(np.round(b0.epochs, 6), np.round(o0.epochs, 6))
+    for key in CURVES:
+        bi = {round(e, 6): v for e, v in zip(b0.epochs, b0.curves[key])}
+        oi = {round(e, 6): v for e, v in zip(o0.epochs, o0.curves[key])}
+        d = [abs(oi[e] - bi[e]) for e in common if math.isfinite(oi[e]) and math.isfinite(bi[e])]
+        curve_diff[key] = max(d) if d else None
+    return {
+        "config_differences": cfg_diffs,
+        "same_side_config_differences": within,
+        "seeds": {
+            "baseline": [r.config.get("seed") for r in baseline_runs],
+            "ours": [r.config.get("seed") for r in our_runs],
+        },
+        "scalars": scalars,
+        "common_epochs": [float(e) for e in common],
+        "max_curve_difference_common_epochs": curve_diff,
+        "k": k,
+        "default_std": default_std,
+        "flagged": sorted(n for n, s in scalars.items() if s["flag"]),
+    }
 
 
 def format_report(report: dict, baseline_runs: Sequence[Run], our_runs: Sequence[Run]) -> str:
-  """The printed table: per-run best/final numbers, then the noise-rule verdicts."""
-  lines = ['run                                       side       epochs  best test  final test  '
-           'final train loss']
-  for r in list(baseline_runs) + list(our_runs):
-    lines.append(f'{r.name[-40:]:<41} {r.side:<9} {r.epochs[-1]:>7.2f} {r.best_test_accuracy:>10.2f} '
-                 f'{_final(r, "test_accuracy"):>11.2f} {_final(r, "train_loss"):>17.4f}')
-  lines.append('')
-  lines.append(f"noise rule: |mean ours - mean baseline| > k*s, k={report['k']}")
-  lines.append('quantity                      baseline      ours      diff   k*s   (s from)         flag')
-  for n, s in report['scalars'].items():
-    lines.append(f"{n:<28} {s['baseline_mean']:>9.4f} {s['ours_mean']:>9.4f} {s['diff']:>9.4f} "
-                 f"{s['threshold']:>6.3f}  {s['std_source'][:16]:<16} {'DIFFERENT' if s['flag'] else 'ok'}")
-  lines.append('')
-  if report['config_differences']:
-    lines.append('config differences (baseline vs ours):')
-    lines += ['  ' + d for d in report['config_differences']]
-  else:
-    lines.append('configs agree on ' + ', '.join(CONFIG_FIELDS))
-  for name, d in report['same_side_config_differences'].items():
-    lines.append(f'WARNING: {name} differs from the first run of its side: ' + '; '.join(d))
-  lines.append(f"seeds: baseline {report['seeds']['baseline']} ours {report['seeds']['ours']}")
-  return '\n'.join(lines)
+    """The printed table: per-run best/final numbers, then the noise-rule verdicts."""
+    lines = [
+        "run                                       side       epochs  best test  final test  "
+        "final train loss"
+    ]
+    for r in list(baseline_runs) + list(our_runs):
+        lines.append(
+            f"{r.name[-40:]:<41} {r.side:<9} {r.epochs[-1]:>7.2f} {r.best_test_accuracy:>10.2f} "
+            f"{_final(r, 'test_accuracy'):>11.2f} {_final(r, 'train_loss'):>17.4f}"
+        )
+    lines.append("")
+    lines.append(f"noise rule: |mean ours - mean baseline| > k*s, k={report['k']}")
+    lines.append(
+        "quantity                      baseline      ours      diff   k*s   (s from)         flag"
+    )
+    for n, s in report["scalars"].items():
+        lines.append(
+            f"{n:<28} {s['baseline_mean']:>9.4f} {s['ours_mean']:>9.4f} {s['diff']:>9.4f} "
+            f"{s['threshold']:>6.3f}  {s['std_source'][:16]:<16} {'DIFFERENT' if s['flag'] else 'ok'}"
+        )
+    lines.append("")
+    if report["config_differences"]:
+        lines.append("config differences (baseline vs ours):")
+        lines += ["  " + d for d in report["config_differences"]]
+    else:
+        lines.append("configs agree on " + ", ".join(CONFIG_FIELDS))
+    for name, d in report["same_side_config_differences"].items():
+        lines.append(f"WARNING: {name} differs from the first run of its side: " + "; ".join(d))
+    lines.append(f"seeds: baseline {report['seeds']['baseline']} ours {report['seeds']['ours']}")
+    return "\n".join(lines)
 
 
 def plot(baseline_runs: Sequence[Run], our_runs: Sequence[Run], report: dict, out: str) -> str:
-  """2x2 figure (loss / accuracy x train / test vs epoch, every run) + best-accuracy title."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-  styles = {'baseline': dict(color='tab:blue', ls='-'), 'ours': dict(color='tab:orange', ls='--')}
-  for ax, key in zip(axes.ravel(), ('train_loss', 'test_loss', 'train_accuracy', 'test_accuracy')):
-    for side, runs in (('baseline', baseline_runs), ('ours', our_runs)):
-      for i, r in enumerate(runs):
-        ax.plot(r.epochs, r.curves[key], marker='o', ms=3, alpha=0.8,
-                label=f'{side} ({len(runs)} run{"s" * (len(runs) > 1)})' if i == 0 else None,
-                **styles[side])
-    ax.set_title(key.replace('_', ' '))
-    ax.set_xlabel('epoch (completed)')
-    ax.set_ylabel('accuracy (%)' if 'accuracy' in key else 'cross-entropy')
-    ax.grid(alpha=0.3)
-    ax.legend()
-  s = report['scalars']['best_test_accuracy']
-  fig.suptitle(f"best test accuracy: baseline {s['baseline_mean']:.2f}%  ours {s['ours_mean']:.2f}%  "
-               f"diff {s['diff']:+.2f} (k*s={s['threshold']:.2f}: "
-               f"{'DIFFERENT' if s['flag'] else 'within seed noise'})")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=100)
-  plt.close(fig)
-  return out
+    """2x2 figure (loss / accuracy x train / test vs epoch, every run) + best-accuracy title."""
+    import matplotlib  # pylint: disable=g-import-not-at-top
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    styles = {"baseline": dict(color="tab:blue", ls="-"), "ours": dict(color="tab:orange", ls="--")}
+    for ax, key in zip(
+        axes.ravel(), ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
+    ):
+        for side, runs in (("baseline", baseline_runs), ("ours", our_runs)):
+            for i, r in enumerate(runs):
+                ax.plot(
+                    r.epochs,
+                    r.curves[key],
+                    marker="o",
+                    ms=3,
+                    alpha=0.8,
+                    label=f"{side} ({len(runs)} run{'s' * (len(runs) > 1)})" if i == 0 else None,
+                    **styles[side],
+                )
+        ax.set_title(key.replace("_", " "))
+        ax.set_xlabel("epoch (completed)")
+        ax.set_ylabel("accuracy (%)" if "accuracy" in key else "cross-entropy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    s = report["scalars"]["best_test_accuracy"]
+    fig.suptitle(
+        f"best test accuracy: baseline {s['baseline_mean']:.2f}%  ours {s['ours_mean']:.2f}%  "
+        f"diff {s['diff']:+.2f} (k*s={s['threshold']:.2f}: "
+        f"{'DIFFERENT' if s['flag'] else 'within seed noise'})"
+    )
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
-  ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  ap.add_argument('--baseline', nargs='+', required=True,
-                  help='baseline run directories (or stats.pt files), one per seed')
-  ap.add_argument('--ours', nargs='+', required=True, help='our workdirs, one per seed')
-  ap.add_argument('--out', default=None, help='figure path (PNG); default: no figure')
-  ap.add_argument('--json', default=None, help='write the report as JSON here')
-  ap.add_argument('--k', type=float, default=DEFAULT_K)
-  ap.add_argument('--default-std', type=float, default=DEFAULT_STD)
-  args = ap.parse_args(argv)
-  b = [load_baseline_run(p) for p in args.baseline]
-  o = [load_our_run(p) for p in args.ours]
-  report = compare(b, o, k=args.k, default_std=args.default_std)
-  print(format_report(report, b, o))
-  if args.out:
-    report['figure'] = plot(b, o, report, args.out)
-    print(f"figure: {report['figure']}")
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(report, f, indent=1, default=float)
-  return report
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--baseline",
+        nargs="+",
+        required=True,
+        help="baseline run directories (or stats.pt files), one per seed",
+    )
+    ap.add_argument("--ours", nargs="+", required=True, help="our workdirs, one per seed")
+    ap.add_argument("--out", default=None, help="figure path (PNG); default: no figure")
+    ap.add_argument("--json", default=None, help="write the report as JSON here")
+    ap.add_argument("--k", type=float, default=DEFAULT_K)
+    ap.add_argument("--default-std", type=float, default=DEFAULT_STD)
+    args = ap.parse_args(argv)
+    b = [load_baseline_run(p) for p in args.baseline]
+    o = [load_our_run(p) for p in args.ours]
+    report = compare(b, o, k=args.k, default_std=args.default_std)
+    print(format_report(report, b, o))
+    if args.out:
+        report["figure"] = plot(b, o, report, args.out)
+        print(f"figure: {report['figure']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=float)
+    return report
 
 
-if __name__ == '__main__':
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  main()
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main()

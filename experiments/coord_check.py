@@ -38,8 +38,12 @@ PARAMS = ("standard", "ntk", "mup", "mup_nominal")
 
 def _probe(net: tc.Net, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(hidden pre-activation [N, n], logits [N, 10]) of ``net`` on ``x``."""
-    logits, inter = net.model.apply({"params": net.params}, x, train=False,
-                                    capture_intermediates=lambda mdl, _: mdl.name == "fc")
+    logits, inter = net.model.apply(
+        {"params": net.params},
+        x,
+        train=False,
+        capture_intermediates=lambda mdl, _: mdl.name == "fc",
+    )
     h = inter["intermediates"]["fc"]["__call__"][0]
     if net.parametrization == "ntk":
         h = h / math.sqrt(tc.INPUT_DIM)
@@ -50,11 +54,20 @@ def _rms(a: Any) -> float:
     return float(jnp.sqrt(jnp.mean(jnp.square(a))))
 
 
-def coord_check(widths: Sequence[int], *, params: Sequence[str] = ("standard", "ntk", "mup"),
-                steps: int = 3, lr: float = 0.1, ntk_lr: Optional[float] = None,
-                momentum: float = 0.0, batch_size: int = 64, seeds: Sequence[int] = (0, 1),
-                base_width: int = 64, sparse: bool = False,
-                data: Optional[tuple[np.ndarray, np.ndarray]] = None) -> list[dict]:
+def coord_check(
+    widths: Sequence[int],
+    *,
+    params: Sequence[str] = ("standard", "ntk", "mup"),
+    steps: int = 3,
+    lr: float = 0.1,
+    ntk_lr: Optional[float] = None,
+    momentum: float = 0.0,
+    batch_size: int = 64,
+    seeds: Sequence[int] = (0, 1),
+    base_width: int = 64,
+    sparse: bool = False,
+    data: Optional[tuple[np.ndarray, np.ndarray]] = None,
+) -> list[dict]:
     """Records {param, sparse, width, seed, step (0..steps), quantity, rms}.
 
     Args:
@@ -72,8 +85,10 @@ def coord_check(widths: Sequence[int], *, params: Sequence[str] = ("standard", "
     x, y = data
     need = batch_size * (steps + 1)
     if len(y) < need:
-        raise ValueError(f"need {need} examples for {steps} steps of batch {batch_size}, got {len(y)}")
-    probe = jnp.asarray(x[steps * batch_size: need])
+        raise ValueError(
+            f"need {need} examples for {steps} steps of batch {batch_size}, got {len(y)}"
+        )
+    probe = jnp.asarray(x[steps * batch_size : need])
     ntk_lr = lr * base_width if ntk_lr is None else ntk_lr
     out = []
     for param in params:
@@ -83,24 +98,45 @@ def coord_check(widths: Sequence[int], *, params: Sequence[str] = ("standard", "
         mode = "nominal" if param == "mup_nominal" else "effective"
         for width in widths:
             for seed in seeds:
-                net = tc.make_mlp(width, base_width=base_width, sparse=sparse, param=native,
-                                  key=jax.random.key(seed), mask_seed=seed, fan_in_mode=mode)
+                net = tc.make_mlp(
+                    width,
+                    base_width=base_width,
+                    sparse=sparse,
+                    param=native,
+                    key=jax.random.key(seed),
+                    mask_seed=seed,
+                    fan_in_mode=mode,
+                )
                 tx = tc.make_tx(net, momentum)
                 state = tx.init(net.params)
                 h0, f0 = _probe(net, probe)
                 step_lr = ntk_lr if param == "ntk" else lr
                 for t in range(steps + 1):
                     if t > 0:
-                        xb = jnp.asarray(x[(t - 1) * batch_size: t * batch_size])
-                        yb = jnp.asarray(y[(t - 1) * batch_size: t * batch_size])
-                        net.params, state, _ = _step(net.model, tx, net.params, state, net.masks,
-                                                     step_lr, xb, yb)
+                        xb = jnp.asarray(x[(t - 1) * batch_size : t * batch_size])
+                        yb = jnp.asarray(y[(t - 1) * batch_size : t * batch_size])
+                        net.params, state, _ = _step(
+                            net.model, tx, net.params, state, net.masks, step_lr, xb, yb
+                        )
                     h, f = _probe(net, probe)
-                    vals = {"h": _rms(h), "logits": _rms(f), "delta_h": _rms(h - h0),
-                            "delta_logits": _rms(f - f0)}
+                    vals = {
+                        "h": _rms(h),
+                        "logits": _rms(f),
+                        "delta_h": _rms(h - h0),
+                        "delta_logits": _rms(f - f0),
+                    }
                     for q, v in vals.items():
-                        out.append(dict(param=param, sparse=sparse, width=width, seed=seed,
-                                        step=t, quantity=q, rms=v))
+                        out.append(
+                            dict(
+                                param=param,
+                                sparse=sparse,
+                                width=width,
+                                seed=seed,
+                                step=t,
+                                quantity=q,
+                                rms=v,
+                            )
+                        )
     return out
 
 
@@ -112,7 +148,8 @@ def mean_curves(records: Sequence[dict]) -> dict[tuple, dict[int, float]]:
     acc: dict[tuple, dict[int, list[float]]] = {}
     for r in records:
         acc.setdefault((r["param"], r["quantity"], r["step"]), {}).setdefault(
-            r["width"], []).append(r["rms"])
+            r["width"], []
+        ).append(r["rms"])
     return {k: {w: float(np.mean(v)) for w, v in sorted(d.items())} for k, d in acc.items()}
 
 
@@ -145,7 +182,9 @@ def plot(records: Sequence[dict], path: str, title: str = "") -> None:
                     continue
                 d = curves.get((p, q, t))
                 if d:
-                    ax.plot(list(d), list(d.values()), marker="o", ms=3, color=f"C{t}", label=f"t={t}")
+                    ax.plot(
+                        list(d), list(d.values()), marker="o", ms=3, color=f"C{t}", label=f"t={t}"
+                    )
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             if i == 0:
@@ -165,8 +204,17 @@ def plot(records: Sequence[dict], path: str, title: str = "") -> None:
 def read_csv(path: str) -> list[dict]:
     """Records written by :func:`write_csv` (types restored)."""
     with open(path) as f:
-        return [dict(r, sparse=r["sparse"] == "True", width=int(r["width"]), seed=int(r["seed"]),
-                     step=int(r["step"]), rms=float(r["rms"])) for r in csv.DictReader(f)]
+        return [
+            dict(
+                r,
+                sparse=r["sparse"] == "True",
+                width=int(r["width"]),
+                seed=int(r["seed"]),
+                step=int(r["step"]),
+                rms=float(r["rms"]),
+            )
+            for r in csv.DictReader(f)
+        ]
 
 
 def write_csv(records: Sequence[dict], path: str) -> None:
@@ -193,22 +241,37 @@ def _resnet_probe_fn(model):
     @jax.jit
     def probe(params, batch_stats, x):
         (logits, state) = model.apply(
-            {"params": params, "batch_stats": batch_stats}, x, train=True,
+            {"params": params, "batch_stats": batch_stats},
+            x,
+            train=True,
             mutable=["batch_stats"],
-            capture_intermediates=lambda mdl, _: len(mdl.path) == 1 and mdl.path[0] in top)
+            capture_intermediates=lambda mdl, _: len(mdl.path) == 1 and mdl.path[0] in top,
+        )
         it = state["intermediates"]
         get = lambda n: it[n]["__call__"][0]  # noqa: E731
-        return {"stem_conv": get("conv1"), "stem": jax.nn.relu(get("bn1")),
-                **{f"layer{s}": get(f"layer{s}_1") for s in range(1, 5)}, "logits": logits,
-                "penultimate": jnp.mean(get("layer4_1"), axis=(1, 2))}
+        return {
+            "stem_conv": get("conv1"),
+            "stem": jax.nn.relu(get("bn1")),
+            **{f"layer{s}": get(f"layer{s}_1") for s in range(1, 5)},
+            "logits": logits,
+            "penultimate": jnp.mean(get("layer4_1"), axis=(1, 2)),
+        }
+
     return probe
 
 
-def coord_check_resnet(widths: Sequence[int], *, params: Sequence[str] = ("standard", "mup"),
-                       steps: int = 3, lr: float = 0.05, batch_size: int = 64,
-                       seeds: Sequence[int] = (0, 1), base_width: int = 4,
-                       data: Optional[tuple[np.ndarray, np.ndarray]] = None,
-                       log: Any = None) -> list[dict]:
+def coord_check_resnet(
+    widths: Sequence[int],
+    *,
+    params: Sequence[str] = ("standard", "mup"),
+    steps: int = 3,
+    lr: float = 0.05,
+    batch_size: int = 64,
+    seeds: Sequence[int] = (0, 1),
+    base_width: int = 4,
+    data: Optional[tuple[np.ndarray, np.ndarray]] = None,
+    log: Any = None,
+) -> list[dict]:
     """ResNet-18 coordinate check. Records {param, sparse=False, width, seed, step, quantity,
     rms} with quantity ``<layer>`` (RMS of the activation) or ``delta_<layer>`` (RMS of its
     change since init) for every layer of :data:`RESNET_LAYERS`, on a fixed probe batch, plus
@@ -230,9 +293,11 @@ def coord_check_resnet(widths: Sequence[int], *, params: Sequence[str] = ("stand
     x, y = data
     need = batch_size * (steps + 1)
     if len(y) < need:
-        raise ValueError(f"need {need} examples for {steps} steps of batch {batch_size}, got {len(y)}")
+        raise ValueError(
+            f"need {need} examples for {steps} steps of batch {batch_size}, got {len(y)}"
+        )
     x = tc.to_images(x)
-    probe_x = jnp.asarray(x[steps * batch_size: need])
+    probe_x = jnp.asarray(x[steps * batch_size : need])
     for p in params:
         if p not in tc.RESNET_PARAMS:
             raise ValueError(f"param {p!r} unknown for the ResNet; allowed: {tc.RESNET_PARAMS}")
@@ -242,8 +307,9 @@ def coord_check_resnet(widths: Sequence[int], *, params: Sequence[str] = ("stand
         for param in params:
             for seed in seeds:
                 t0 = time.time()
-                net = tc.make_resnet(width, base_width=base_width, param=param,
-                                     key=jax.random.key(seed))
+                net = tc.make_resnet(
+                    width, base_width=base_width, param=param, key=jax.random.key(seed)
+                )
                 probe_fn = probe_fn or _resnet_probe_fn(net.model)
                 p, bs = net.params, net.batch_stats
                 mom = jax.tree.map(jnp.zeros_like, p)
@@ -251,26 +317,44 @@ def coord_check_resnet(widths: Sequence[int], *, params: Sequence[str] = ("stand
                 for t in range(steps + 1):
                     if t > 0:
                         sl = slice((t - 1) * batch_size, t * batch_size)
-                        p, bs, mom, _ = tc.resnet_step(net.model, p, bs, mom, net.lr_mult,
-                                                       jnp.float32(lr), jnp.float32(0.0),
-                                                       jnp.asarray(x[sl]), jnp.asarray(y[sl]))
+                        p, bs, mom, _ = tc.resnet_step(
+                            net.model,
+                            p,
+                            bs,
+                            mom,
+                            net.lr_mult,
+                            jnp.float32(lr),
+                            jnp.float32(0.0),
+                            jnp.asarray(x[sl]),
+                            jnp.asarray(y[sl]),
+                        )
                     a = probe_fn(p, bs, probe_x) if t > 0 else a0
                     # Δf = (W_t - W_0) h_t + (b_t - b_0)  [output-layer update, 'dW' term]
                     #    +  W_0 (h_t - h_0)                 [feature change, 'W0dh' term]
                     lin, lin0 = p["linear"], net.params["linear"]
-                    d_w = (a["penultimate"] @ (lin["kernel"] - lin0["kernel"])
-                           + (lin["bias"] - lin0["bias"]))
+                    d_w = a["penultimate"] @ (lin["kernel"] - lin0["kernel"]) + (
+                        lin["bias"] - lin0["bias"]
+                    )
                     d_h = (a["penultimate"] - a0["penultimate"]) @ lin0["kernel"]
                     vals = [(q, _rms(a[layer])) for layer in RESNET_LAYERS for q in (layer,)]
-                    vals += [(f"delta_{layer}", _rms(a[layer] - a0[layer]))
-                             for layer in RESNET_LAYERS]
+                    vals += [
+                        (f"delta_{layer}", _rms(a[layer] - a0[layer])) for layer in RESNET_LAYERS
+                    ]
                     vals += [("delta_logits_dW", _rms(d_w)), ("delta_logits_W0dh", _rms(d_h))]
                     for q, v in vals:
-                        out.append(dict(param=param, sparse=False, width=width, seed=seed,
-                                        step=t, quantity=q, rms=v))
+                        out.append(
+                            dict(
+                                param=param,
+                                sparse=False,
+                                width=width,
+                                seed=seed,
+                                step=t,
+                                quantity=q,
+                                rms=v,
+                            )
+                        )
                 if log:
-                    log(f"resnet {param:8s} width {width:3d} seed {seed}: "
-                        f"{time.time() - t0:.1f}s")
+                    log(f"resnet {param:8s} width {width:3d} seed {seed}: {time.time() - t0:.1f}s")
     return out
 
 
@@ -292,8 +376,7 @@ def plot_resnet(records: Sequence[dict], path: str, title: str = "") -> None:
             for k, layer in enumerate(RESNET_LAYERS):
                 d = curves.get((p, prefix + layer, last))
                 if d:
-                    ax.plot(list(d), list(d.values()), marker="o", ms=3, color=f"C{k}",
-                            label=layer)
+                    ax.plot(list(d), list(d.values()), marker="o", ms=3, color=f"C{k}", label=layer)
                 if prefix and last > 1:
                     d1 = curves.get((p, prefix + layer, 1))
                     if d1:
@@ -304,8 +387,11 @@ def plot_resnet(records: Sequence[dict], path: str, title: str = "") -> None:
             if i == 0:
                 ax.set_title({"standard": "SP", "mup": "μP"}.get(p, p))
             if j == 0:
-                ax.set_ylabel(f"RMS activation (t={last})" if not prefix else
-                              f"RMS change since init (t={last}; dashed t=1)")
+                ax.set_ylabel(
+                    f"RMS activation (t={last})"
+                    if not prefix
+                    else f"RMS change since init (t={last}; dashed t=1)"
+                )
             if i == 1:
                 ax.set_xlabel("width")
     axes[0][-1].legend(fontsize="x-small")
@@ -321,13 +407,15 @@ def resnet_slope_lines(records: Sequence[dict], steps: int) -> list[str]:
         for q in (layer, f"delta_{layer}"):
             for t in sorted({0, steps} if q == layer else {1, steps}):
                 s = log_slopes(records, q, t)
-                lines.append(f"resnet {q:17s} step {t}: " +
-                             "  ".join(f"{p}={v:+.3f}" for p, v in s.items()))
+                lines.append(
+                    f"resnet {q:17s} step {t}: " + "  ".join(f"{p}={v:+.3f}" for p, v in s.items())
+                )
     for q in ("delta_logits_dW", "delta_logits_W0dh"):
         for t in sorted({1, steps}):
             s = log_slopes(records, q, t)
-            lines.append(f"resnet {q:17s} step {t}: " +
-                         "  ".join(f"{p}={v:+.3f}" for p, v in s.items()))
+            lines.append(
+                f"resnet {q:17s} step {t}: " + "  ".join(f"{p}={v:+.3f}" for p, v in s.items())
+            )
     return lines
 
 
@@ -341,15 +429,30 @@ def main_resnet(a) -> int:
         print(msg, flush=True)
         logf.write(msg + "\n")
         logf.flush()
-    rec = coord_check_resnet(widths, steps=a.steps, lr=a.lr, batch_size=a.batch_size,
-                             seeds=tuple(range(a.seeds)), base_width=a.base_width, log=log)
+
+    rec = coord_check_resnet(
+        widths,
+        steps=a.steps,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        seeds=tuple(range(a.seeds)),
+        base_width=a.base_width,
+        log=log,
+    )
     write_csv(rec, os.path.join(a.out, "coord_check_resnet.csv"))
-    plot_resnet(rec, os.path.join(a.out, "coord_check_resnet.png"),
-                title=f"ResNet-18 (CIFAR stem) on Fashion-MNIST: plain SGD lr={a.lr}, batch "
-                      f"{a.batch_size}, {a.steps} steps, {a.seeds} seeds, μP base width "
-                      f"{a.base_width}; BN in train mode")
-    text = ("log-log slope of RMS vs width (ResNet-18, widths " + a.widths + ")\n" +
-            "\n".join(resnet_slope_lines(rec, a.steps)))
+    plot_resnet(
+        rec,
+        os.path.join(a.out, "coord_check_resnet.png"),
+        title=f"ResNet-18 (CIFAR stem) on Fashion-MNIST: plain SGD lr={a.lr}, batch "
+        f"{a.batch_size}, {a.steps} steps, {a.seeds} seeds, μP base width "
+        f"{a.base_width}; BN in train mode",
+    )
+    text = (
+        "log-log slope of RMS vs width (ResNet-18, widths "
+        + a.widths
+        + ")\n"
+        + "\n".join(resnet_slope_lines(rec, a.steps))
+    )
     log(text)
     log(f"wall {time.time() - t0:.0f}s")
     with open(os.path.join(a.out, "coord_check_resnet_slopes.txt"), "w") as f:
@@ -365,10 +468,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--base-width", type=int, default=None,
-                    help="μP base width (default 64 for the MLP, 4 for the ResNet)")
-    ap.add_argument("--model", choices=("mlp", "resnet"), default="mlp",
-                    help="mlp: the MLP runs (dense + sparse); resnet: ResNet-18 SP vs μP")
+    ap.add_argument(
+        "--base-width",
+        type=int,
+        default=None,
+        help="μP base width (default 64 for the MLP, 4 for the ResNet)",
+    )
+    ap.add_argument(
+        "--model",
+        choices=("mlp", "resnet"),
+        default="mlp",
+        help="mlp: the MLP runs (dense + sparse); resnet: ResNet-18 SP vs μP",
+    )
     ap.add_argument("--batch-size", type=int, default=64, help="ResNet only (the MLP uses 64)")
     a = ap.parse_args(argv)
     if a.model == "resnet":
@@ -381,21 +492,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     widths = [int(w) for w in a.widths.split(",")]
     seeds = tuple(range(a.seeds))
     lines = []
-    for sparse, params in ((False, ("standard", "ntk", "mup")),
-                           (True, ("standard", "mup", "mup_nominal"))):
+    for sparse, params in (
+        (False, ("standard", "ntk", "mup")),
+        (True, ("standard", "mup", "mup_nominal")),
+    ):
         ws = [w for w in widths if not sparse or w > a.base_width]
-        rec = coord_check(ws, params=params, steps=a.steps, lr=a.lr, seeds=seeds,
-                          base_width=a.base_width, sparse=sparse)
+        rec = coord_check(
+            ws,
+            params=params,
+            steps=a.steps,
+            lr=a.lr,
+            seeds=seeds,
+            base_width=a.base_width,
+            sparse=sparse,
+        )
         tag = "sparse" if sparse else "dense"
         write_csv(rec, os.path.join(a.out, f"coord_check_mlp_{tag}.csv"))
-        plot(rec, os.path.join(a.out, f"coord_check_mlp_{tag}.png"),
-             title=f"MLP coord check ({tag}{', count of width %d' % a.base_width if sparse else ''}),"
-                   f" lr={a.lr}, base width {a.base_width}")
+        plot(
+            rec,
+            os.path.join(a.out, f"coord_check_mlp_{tag}.png"),
+            title=f"MLP coord check ({tag}{', count of width %d' % a.base_width if sparse else ''}),"
+            f" lr={a.lr}, base width {a.base_width}",
+        )
         for q in QUANTITIES:
             for t in (1, a.steps):
                 s = log_slopes(rec, q, t)
-                lines.append(f"{tag:6s} {q:13s} step {t}: " +
-                             "  ".join(f"{p}={v:+.3f}" for p, v in s.items()))
+                lines.append(
+                    f"{tag:6s} {q:13s} step {t}: "
+                    + "  ".join(f"{p}={v:+.3f}" for p, v in s.items())
+                )
     text = "log-log slope of RMS vs width\n" + "\n".join(lines)
     print(text)
     with open(os.path.join(a.out, "coord_check_slopes.txt"), "w") as f:

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from widesparse_jax import input_pipeline, masks as masks_lib, optim, parametrization
+from widesparse_jax import input_pipeline, optim, parametrization
+from widesparse_jax import masks as masks_lib
 from widesparse_jax.models import MLP, mlp_weight_count
 
 DATASET = "fashion_mnist"
@@ -31,8 +32,14 @@ def load_fashion_mnist(split: str, n: Optional[int] = None) -> tuple[np.ndarray,
     Returns (x float32 [N, 784], y int32 [N]) in file order.
     """
     it = input_pipeline.create_eval_iterator(
-        DATASET, global_batch_size=10000, split=split, num_local_devices=1, process_index=0,
-        process_count=1, prefetch=0)
+        DATASET,
+        global_batch_size=10000,
+        split=split,
+        num_local_devices=1,
+        process_index=0,
+        process_count=1,
+        prefetch=0,
+    )
     xs, ys = [], []
     for b in it:
         keep = b["mask"][0]
@@ -62,9 +69,17 @@ class Net:
     parametrization: str  # 'standard' | 'ntk' (native MLP) | 'mup' (via parametrization.py)
 
 
-def make_mlp(width: int, *, base_width: int, sparse: bool, param: str, key: jax.Array,
-             mask_seed: int = 0, mup_base_width: Optional[int] = None,
-             fan_in_mode: str = "effective") -> Net:
+def make_mlp(
+    width: int,
+    *,
+    base_width: int,
+    sparse: bool,
+    param: str,
+    key: jax.Array,
+    mask_seed: int = 0,
+    mup_base_width: Optional[int] = None,
+    fan_in_mode: str = "effective",
+) -> Net:
     """MLP 784 -> width -> 10 in parametrization ``param``.
 
     * 'standard': PyTorch init, biases; lr multipliers all 1.
@@ -76,27 +91,36 @@ def make_mlp(width: int, *, base_width: int, sparse: bool, param: str, key: jax.
     then ``rescale_for_density``. Dense: ``base_width`` only sets the μP base.
     """
     native = "ntk" if param == "ntk" else "standard"
-    model = MLP(width=width, num_classes=NUM_CLASSES, parametrization=native,
-                use_bias=(native == "standard"))
+    model = MLP(
+        width=width,
+        num_classes=NUM_CLASSES,
+        parametrization=native,
+        use_bias=(native == "standard"),
+    )
     params = model.init(key, jnp.zeros((1, INPUT_DIM)), train=False)["params"]
     masks = jax.tree.map(lambda _: None, params)
     if sparse and width > base_width:
         plan = masks_lib.make_plan(
-            params, masks_lib.insertion_order(params),
+            params,
+            masks_lib.insertion_order(params),
             base_total=mlp_weight_count(base_width, NUM_CLASSES, INPUT_DIM),
-            dense_layers=(("cl/kernel",) if param == "ntk" else ()))
+            dense_layers=(("cl/kernel",) if param == "ntk" else ()),
+        )
         masks = masks_lib.draw_masks(jax.random.key(mask_seed), params, plan)
         params = masks_lib.rescale_for_density(params, masks)
     if param == "mup":
         b = mup_base_width or base_width
-        params = parametrization.apply_parametrization(params, "mup", width, b, masks=masks,
-                                                       fan_in_mode=fan_in_mode)
-        lr_mult = parametrization.lr_multipliers(params, "mup", width, b, masks=masks,
-                                                 fan_in_mode=fan_in_mode)
+        params = parametrization.apply_parametrization(
+            params, "mup", width, b, masks=masks, fan_in_mode=fan_in_mode
+        )
+        lr_mult = parametrization.lr_multipliers(
+            params, "mup", width, b, masks=masks, fan_in_mode=fan_in_mode
+        )
     else:
         lr_mult = jax.tree.map(lambda _: 1.0, params)
-    masks = jax.tree.map(lambda m: None if m is None else jnp.asarray(m), masks,
-                         is_leaf=lambda x: x is None)
+    masks = jax.tree.map(
+        lambda m: None if m is None else jnp.asarray(m), masks, is_leaf=lambda x: x is None
+    )
     return Net(model, params, masks, lr_mult, width, base_width, sparse, param)
 
 
@@ -104,8 +128,9 @@ def make_tx(net: Net, momentum: float) -> optax.GradientTransformationExtraArgs:
     """Masked SGD-momentum (no weight decay) with lr 1 and the net's lr multipliers; the
     caller multiplies the updates by the (traced) base lr - exact, since the lr scale is the
     last, linear stage of the chain."""
-    return optim.make_optimizer(None, learning_rate=1.0, momentum=momentum, weight_decay=0.0,
-                                lr_multipliers=net.lr_mult)
+    return optim.make_optimizer(
+        None, learning_rate=1.0, momentum=momentum, weight_decay=0.0, lr_multipliers=net.lr_mult
+    )
 
 
 def loss_fn(model, params, x, y):
@@ -128,10 +153,12 @@ def train_epoch(model, tx, params, opt_state, masks, lr, xb, yb):
 
     Returns (params, opt_state, losses [S]).
     """
+
     def body(carry, batch):
         p, s = carry
         p, s, loss = sgd_step(model, tx, p, s, masks, lr, *batch)
         return (p, s), loss
+
     (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), (xb, yb))
     return params, opt_state, losses
 
@@ -154,8 +181,12 @@ def epoch_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoc
 def accuracy(model, params, x, y, batch: int = 5000) -> float:
     correct = 0
     for i in range(0, len(y), batch):
-        correct += int(np.sum(np.argmax(np.asarray(logits_fn(model, params, x[i:i + batch])), -1)
-                              == y[i:i + batch]))
+        correct += int(
+            np.sum(
+                np.argmax(np.asarray(logits_fn(model, params, x[i : i + batch])), -1)
+                == y[i : i + batch]
+            )
+        )
     return correct / len(y)
 
 
@@ -210,7 +241,9 @@ def make_resnet(width: int, *, base_width: int, param: str, key: jax.Array) -> R
     params, batch_stats = variables["params"], variables["batch_stats"]
     order = masks_lib.forward_order(
         lambda p, xx: model.apply({"params": p, "batch_stats": batch_stats}, xx, train=False),
-        params, x0)
+        params,
+        x0,
+    )
     roles = mup_roles(order)
     if param == "mup":
         params = parametrization.apply_parametrization(params, "mup", width, base_width, roles)
@@ -223,8 +256,9 @@ def make_resnet(width: int, *, base_width: int, param: str, key: jax.Array) -> R
 
 def resnet_loss(model, params, batch_stats, x, y):
     """Train-mode (batch-statistics) cross-entropy; returns (loss, new batch_stats)."""
-    logits, new = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                              mutable=["batch_stats"])
+    logits, new = model.apply(
+        {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+    )
     loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
     return loss, new["batch_stats"]
 
@@ -234,7 +268,8 @@ def resnet_sgd_step(model, params, batch_stats, mom, lr_mult, lr, momentum, x, y
     decay, with every hyper-parameter traced (one compile per model serves SP and μP, all
     seeds and lrs). x: [B, 28, 28, 1], y: [B]. Returns (params, batch_stats, mom, loss)."""
     (loss, batch_stats), g = jax.value_and_grad(
-        lambda p: resnet_loss(model, p, batch_stats, x, y), has_aux=True)(params)
+        lambda p: resnet_loss(model, p, batch_stats, x, y), has_aux=True
+    )(params)
     mom = jax.tree.map(lambda b, gg: momentum * b + gg, mom, g)
     params = jax.tree.map(lambda p, b, k: p - lr * k * b, params, mom, lr_mult)
     return params, batch_stats, mom, loss
@@ -247,10 +282,12 @@ resnet_step = jax.jit(resnet_sgd_step, static_argnums=(0,))
 def resnet_train_epoch(model, params, batch_stats, mom, lr_mult, lr, momentum, xb, yb):
     """lax.scan of :func:`resnet_sgd_step` over xb [S, B, 28, 28, 1], yb [S, B].
     Returns (params, batch_stats, mom, losses [S])."""
+
     def body(carry, batch):
         p, bs, m = carry
         p, bs, m, loss = resnet_sgd_step(model, p, bs, m, lr_mult, lr, momentum, *batch)
         return (p, bs, m), loss
+
     (params, batch_stats, mom), losses = jax.lax.scan(body, (params, batch_stats, mom), (xb, yb))
     return params, batch_stats, mom, losses
 
@@ -263,22 +300,23 @@ def resnet_features(model, params, batch_stats, x, batch_bn: bool = False):
     filt = lambda mdl, _: mdl.path == ("layer4_1",)  # noqa: E731
     v = {"params": params, "batch_stats": batch_stats}
     if batch_bn:
-        out, inter = model.apply(v, x, train=True, capture_intermediates=filt,
-                                 mutable=["batch_stats"])
+        out, inter = model.apply(
+            v, x, train=True, capture_intermediates=filt, mutable=["batch_stats"]
+        )
     else:
         out, inter = model.apply(v, x, train=False, capture_intermediates=filt)
     feat = inter["intermediates"]["layer4_1"]["__call__"][0]
     return out, jnp.mean(feat, axis=(1, 2))
 
 
-def resnet_logits_features(model, params, batch_stats, x: np.ndarray, batch: int = 1000,
-                           batch_bn: bool = False):
+def resnet_logits_features(
+    model, params, batch_stats, x: np.ndarray, batch: int = 1000, batch_bn: bool = False
+):
     """Logits [N, 10] and penultimate features [N, 8w] of images x [N, 28, 28, 1], in chunks
     of ``batch``; BN with running statistics or (``batch_bn``) each chunk's statistics."""
     zs, fs = [], []
     for i in range(0, len(x), batch):
-        z, f = resnet_features(model, params, batch_stats, jnp.asarray(x[i:i + batch]),
-                               batch_bn)
+        z, f = resnet_features(model, params, batch_stats, jnp.asarray(x[i : i + batch]), batch_bn)
         zs.append(np.asarray(z))
         fs.append(np.asarray(f))
     return np.concatenate(zs), np.concatenate(fs)

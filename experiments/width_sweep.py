@@ -54,19 +54,31 @@ from typing import Any, Iterable, Optional, Sequence
 
 import ml_collections
 
-FAMILIES = ('dense', 'sparse', 'bottleneck-linear', 'bottleneck-nonlinear')
-BOTTLENECKS = ('linear', 'nonlinear')
-RUNS_DIR = 'runs'
-SUMMARY_FILE = 'summary.json'
-FAILED_FILE = 'failed.json'  # written by run_sweep when a run diverges
-CSV_FIELDS = ('family', 'width', 'base_width', 'seed', 'kept_weights', 'total_weights',
-              'density', 'best_test_accuracy', 'final_test_accuracy', 'final_train_accuracy',
-              'steps', 'wall_time_s', 'workdir')
+FAMILIES = ("dense", "sparse", "bottleneck-linear", "bottleneck-nonlinear")
+BOTTLENECKS = ("linear", "nonlinear")
+RUNS_DIR = "runs"
+SUMMARY_FILE = "summary.json"
+FAILED_FILE = "failed.json"  # written by run_sweep when a run diverges
+CSV_FIELDS = (
+    "family",
+    "width",
+    "base_width",
+    "seed",
+    "kept_weights",
+    "total_weights",
+    "density",
+    "best_test_accuracy",
+    "final_test_accuracy",
+    "final_train_accuracy",
+    "steps",
+    "wall_time_s",
+    "workdir",
+)
 FAMILY_STYLE = {  # colour, marker, label
-    'dense': ('tab:blue', 'o', 'dense (weights grow with width)'),
-    'sparse': ('tab:red', 's', 'sparse (fixed weight count)'),
-    'bottleneck-linear': ('tab:green', '^', 'linear bottleneck (fixed count)'),
-    'bottleneck-nonlinear': ('tab:purple', 'v', 'non-linear bottleneck (fixed count)'),
+    "dense": ("tab:blue", "o", "dense (weights grow with width)"),
+    "sparse": ("tab:red", "s", "sparse (fixed weight count)"),
+    "bottleneck-linear": ("tab:green", "^", "linear bottleneck (fixed count)"),
+    "bottleneck-nonlinear": ("tab:purple", "v", "non-linear bottleneck (fixed count)"),
 }
 
 
@@ -75,584 +87,732 @@ FAMILY_STYLE = {  # colour, marker, label
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-  """One member of a sweep: ``family`` at ``width`` (weight count of ``base_width``), ``seed``."""
-  family: str
-  width: int
-  base_width: int
-  seed: int
+    """One member of a sweep: ``family`` at ``width`` (weight count of ``base_width``), ``seed``."""
 
-  @property
-  def name(self) -> str:
-    """Workdir name, e.g. ``'sparse_w40_s1'``."""
-    return f'{self.family}_w{self.width}_s{self.seed}'
+    family: str
+    width: int
+    base_width: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """Workdir name, e.g. ``'sparse_w40_s1'``."""
+        return f"{self.family}_w{self.width}_s{self.seed}"
 
 
 def parse_int_list(text: str | Sequence[int], what: str) -> list[int]:
-  """``'5,10,20'`` (or a sequence) -> ``[5, 10, 20]``; raises ValueError naming ``what``."""
-  items = text.split(',') if isinstance(text, str) else list(text)
-  out = []
-  for item in items:
-    try:
-      value = int(str(item).strip())
-    except ValueError:
-      raise ValueError(f'{what}: {item!r} is not an integer (expected e.g. "5,10,20")') from None
-    out.append(value)
-  if not out:
-    raise ValueError(f'{what} is empty: give at least one integer')
-  return out
+    """``'5,10,20'`` (or a sequence) -> ``[5, 10, 20]``; raises ValueError naming ``what``."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for item in items:
+        try:
+            value = int(str(item).strip())
+        except ValueError:
+            raise ValueError(
+                f'{what}: {item!r} is not an integer (expected e.g. "5,10,20")'
+            ) from None
+        out.append(value)
+    if not out:
+        raise ValueError(f"{what} is empty: give at least one integer")
+    return out
 
 
-def plan_runs(base_width: int, widths: Sequence[int], seeds: Sequence[int] = (0,),
-              bottlenecks: Sequence[str] = (), sparse: bool = True) -> list[RunSpec]:
-  """All members of the sweep, dense first, widths ascending.
+def plan_runs(
+    base_width: int,
+    widths: Sequence[int],
+    seeds: Sequence[int] = (0,),
+    bottlenecks: Sequence[str] = (),
+    sparse: bool = True,
+) -> list[RunSpec]:
+    """All members of the sweep, dense first, widths ascending.
 
-  Raises ValueError for a width below the base width, a non-positive width, duplicate widths
-  or seeds, a negative seed, or an unknown bottleneck kind.
-  """
-  if not isinstance(base_width, int) or base_width < 1:
-    raise ValueError(f'base width {base_width!r} not allowed: an integer >= 1')
-  widths = list(widths)
-  if not widths:
-    raise ValueError('widths is empty: give at least one width >= the base width')
-  bad = [w for w in widths if not isinstance(w, int) or w < 1]
-  if bad:
-    raise ValueError(f'widths {bad} not allowed: integers >= 1')
-  below = [w for w in widths if w < base_width]
-  if below:
-    raise ValueError(f'widths {below} are below the base width {base_width}: every width must '
-                     f'be >= {base_width} (a sparse net keeps the weight count of the narrower '
-                     'base net)')
-  if len(set(widths)) != len(widths):
-    raise ValueError(f'widths {widths} contain duplicates')
-  seeds = list(seeds)
-  if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
-    raise ValueError(f'seeds {seeds} not allowed: distinct integers >= 0, at least one')
-  unknown = [b for b in bottlenecks if b not in BOTTLENECKS]
-  if unknown:
-    raise ValueError(f'bottleneck kinds {unknown} unknown; allowed: {list(BOTTLENECKS)}')
-  widths = sorted(widths)
-  families = ['dense'] + (['sparse'] if sparse else []) + [f'bottleneck-{b}' for b in bottlenecks]
-  specs = []
-  for family in families:
-    for w in widths:
-      if family != 'dense' and w == base_width:
-        continue  # the dense base net is every family's starting point
-      for s in seeds:
-        specs.append(RunSpec(family, w, base_width, s))
-  return specs
+    Raises ValueError for a width below the base width, a non-positive width, duplicate widths
+    or seeds, a negative seed, or an unknown bottleneck kind.
+    """
+    if not isinstance(base_width, int) or base_width < 1:
+        raise ValueError(f"base width {base_width!r} not allowed: an integer >= 1")
+    widths = list(widths)
+    if not widths:
+        raise ValueError("widths is empty: give at least one width >= the base width")
+    bad = [w for w in widths if not isinstance(w, int) or w < 1]
+    if bad:
+        raise ValueError(f"widths {bad} not allowed: integers >= 1")
+    below = [w for w in widths if w < base_width]
+    if below:
+        raise ValueError(
+            f"widths {below} are below the base width {base_width}: every width must "
+            f"be >= {base_width} (a sparse net keeps the weight count of the narrower "
+            "base net)"
+        )
+    if len(set(widths)) != len(widths):
+        raise ValueError(f"widths {widths} contain duplicates")
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise ValueError(f"seeds {seeds} not allowed: distinct integers >= 0, at least one")
+    unknown = [b for b in bottlenecks if b not in BOTTLENECKS]
+    if unknown:
+        raise ValueError(f"bottleneck kinds {unknown} unknown; allowed: {list(BOTTLENECKS)}")
+    widths = sorted(widths)
+    families = ["dense"] + (["sparse"] if sparse else []) + [f"bottleneck-{b}" for b in bottlenecks]
+    specs = []
+    for family in families:
+        for w in widths:
+            if family != "dense" and w == base_width:
+                continue  # the dense base net is every family's starting point
+            for s in seeds:
+                specs.append(RunSpec(family, w, base_width, s))
+    return specs
 
 
 # ----------------------------------------------------------------------------- configs
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """Imports a config file (``get_config()``) by path; its repo root is put on sys.path."""
-  path = os.path.abspath(path)
-  if not os.path.isfile(path):
-    raise ValueError(f'config file {path!r} does not exist')
-  root = os.path.dirname(os.path.dirname(path))  # configs/x.py -> repo root
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  spec = importlib.util.spec_from_file_location(
-      f'_width_sweep_cfg_{abs(hash(path))}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise ValueError(f'config file {path!r} has no get_config()')
-  return module.get_config()
+    """Imports a config file (``get_config()``) by path; its repo root is put on sys.path."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path!r} does not exist")
+    root = os.path.dirname(os.path.dirname(path))  # configs/x.py -> repo root
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    spec = importlib.util.spec_from_file_location(f"_width_sweep_cfg_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path!r} has no get_config()")
+    return module.get_config()
 
 
 def parse_value(text: str) -> Any:
-  """A ``--set`` value: a Python literal if it parses as one, else the raw string."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Iterable[str]) -> ml_collections.ConfigDict:
-  """Applies ``'a.b.c=value'`` overrides to a copy of ``config``; unknown keys raise ValueError."""
-  config = _copy(config)
-  for item in overrides:
-    if '=' not in item:
-      raise ValueError(f'override {item!r} is not of the form key=value')
-    key, text = item.split('=', 1)
-    parts = key.strip().split('.')
-    node = config
-    for p in parts[:-1]:
-      if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
-        raise ValueError(f'override {item!r}: config has no section {p!r} on the path {key!r}')
-      node = node[p]
-    if parts[-1] not in node:
-      raise ValueError(f'override {item!r}: config has no field {key!r}')
-    value = parse_value(text)
-    if isinstance(value, list):
-      value = tuple(value)
+    """A ``--set`` value: a Python literal if it parses as one, else the raw string."""
     try:
-      node[parts[-1]] = value
-    except TypeError as e:
-      raise ValueError(f'override {item!r}: {e}') from None
-  return config
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Iterable[str]
+) -> ml_collections.ConfigDict:
+    """Applies ``'a.b.c=value'`` overrides to a copy of ``config``; unknown keys raise ValueError."""
+    config = _copy(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = config
+        for p in parts[:-1]:
+            if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
+                raise ValueError(
+                    f"override {item!r}: config has no section {p!r} on the path {key!r}"
+                )
+            node = node[p]
+        if parts[-1] not in node:
+            raise ValueError(f"override {item!r}: config has no field {key!r}")
+        value = parse_value(text)
+        if isinstance(value, list):
+            value = tuple(value)
+        try:
+            node[parts[-1]] = value
+        except TypeError as e:
+            raise ValueError(f"override {item!r}: {e}") from None
+    return config
 
 
 def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(config.to_dict())
+    return ml_collections.ConfigDict(config.to_dict())
 
 
 def run_config(base: ml_collections.ConfigDict, spec: RunSpec) -> ml_collections.ConfigDict:
-  """The config of one member: width, base width (None when dense), seed, model name."""
-  config = _copy(base)
-  name = config.model.name
-  plain = name[:-len('_bottleneck')] if name.endswith('_bottleneck') else name
-  config.model.width = spec.width
-  config.train.seed = spec.seed
-  if spec.family == 'dense':
-    config.model.name = plain
-    config.model.base_width = None
-  elif spec.family == 'sparse':
-    config.model.name = plain
-    config.model.base_width = spec.base_width
-  elif spec.family.startswith('bottleneck-'):
-    config.model.name = plain + '_bottleneck'
-    config.model.base_width = spec.base_width
-    config.model.bottleneck = spec.family[len('bottleneck-'):]
-  else:
-    raise ValueError(f'family {spec.family!r} unknown; allowed: {list(FAMILIES)}')
-  return config
+    """The config of one member: width, base width (None when dense), seed, model name."""
+    config = _copy(base)
+    name = config.model.name
+    plain = name[: -len("_bottleneck")] if name.endswith("_bottleneck") else name
+    config.model.width = spec.width
+    config.train.seed = spec.seed
+    if spec.family == "dense":
+        config.model.name = plain
+        config.model.base_width = None
+    elif spec.family == "sparse":
+        config.model.name = plain
+        config.model.base_width = spec.base_width
+    elif spec.family.startswith("bottleneck-"):
+        config.model.name = plain + "_bottleneck"
+        config.model.base_width = spec.base_width
+        config.model.bottleneck = spec.family[len("bottleneck-") :]
+    else:
+        raise ValueError(f"family {spec.family!r} unknown; allowed: {list(FAMILIES)}")
+    return config
 
 
 def validate_all(base: ml_collections.ConfigDict, specs: Sequence[RunSpec]) -> None:
-  """Validates every member's config before any training (one error lists them all)."""
-  from widesparse_jax import config as config_lib
-  errors = []
-  for spec in specs:
-    try:
-      config_lib.validate_config(run_config(base, spec))
-    except ValueError as e:
-      errors.append(f'{spec.name}: {e}')
-  if errors:
-    raise ValueError('invalid sweep member config(s):\n' + '\n'.join(errors))
+    """Validates every member's config before any training (one error lists them all)."""
+    from widesparse_jax import config as config_lib
+
+    errors = []
+    for spec in specs:
+        try:
+            config_lib.validate_config(run_config(base, spec))
+        except ValueError as e:
+            errors.append(f"{spec.name}: {e}")
+    if errors:
+        raise ValueError("invalid sweep member config(s):\n" + "\n".join(errors))
 
 
 # ----------------------------------------------------------------------------- running
 
 
 def workdir_of(out_dir: str, spec: RunSpec) -> str:
-  return os.path.join(out_dir, RUNS_DIR, spec.name)
+    return os.path.join(out_dir, RUNS_DIR, spec.name)
 
 
 def is_finished(workdir: str) -> bool:
-  return os.path.isfile(os.path.join(workdir, SUMMARY_FILE))
+    return os.path.isfile(os.path.join(workdir, SUMMARY_FILE))
 
 
-def run_one(base: ml_collections.ConfigDict, spec: RunSpec, out_dir: str,
-            prune_checkpoints: bool = False) -> dict:
-  """Trains one member unless its summary.json exists. Returns ``{'skipped': bool, ...summary}``."""
-  workdir = workdir_of(out_dir, spec)
-  if is_finished(workdir):
-    with open(os.path.join(workdir, SUMMARY_FILE)) as f:
-      return {'skipped': True, **json.load(f)}
-  from widesparse_jax import train
-  os.makedirs(workdir, exist_ok=True)
-  summary = train.train_and_evaluate(run_config(base, spec), workdir)
-  if prune_checkpoints:
-    shutil.rmtree(os.path.join(workdir, 'checkpoints'), ignore_errors=True)
-  return {'skipped': False, **summary}
+def run_one(
+    base: ml_collections.ConfigDict, spec: RunSpec, out_dir: str, prune_checkpoints: bool = False
+) -> dict:
+    """Trains one member unless its summary.json exists. Returns ``{'skipped': bool, ...summary}``."""
+    workdir = workdir_of(out_dir, spec)
+    if is_finished(workdir):
+        with open(os.path.join(workdir, SUMMARY_FILE)) as f:
+            return {"skipped": True, **json.load(f)}
+    from widesparse_jax import train
+
+    os.makedirs(workdir, exist_ok=True)
+    summary = train.train_and_evaluate(run_config(base, spec), workdir)
+    if prune_checkpoints:
+        shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+    return {"skipped": False, **summary}
 
 
 def shell_quote(arg: str) -> str:
-  """Quotes one shell word; prefers readable double quotes for Python literals like ('a',)."""
-  q = shlex.quote(arg)
-  if q == arg or any(c in arg for c in '"$`\\!'):
-    return q
-  return f'"{arg}"'
+    """Quotes one shell word; prefers readable double quotes for Python literals like ('a',)."""
+    q = shlex.quote(arg)
+    if q == arg or any(c in arg for c in '"$`\\!'):
+        return q
+    return f'"{arg}"'
 
 
-def job_command(config_path: str, overrides: Sequence[str], spec: RunSpec, out_dir: str,
-                prune_checkpoints: bool = False) -> str:
-  """The shell command that trains one member on its own (``run-one``)."""
-  args = ['python', '-m', 'experiments.width_sweep', 'run-one',
-          '--config', config_path, '--out', out_dir, '--family', spec.family,
-          '--width', str(spec.width), '--base-width', str(spec.base_width),
-          '--seed', str(spec.seed)]
-  for o in overrides:
-    args += ['--set', o]
-  if prune_checkpoints:
-    args.append('--prune-checkpoints')
-  return ' '.join(shell_quote(a) for a in args)
+def job_command(
+    config_path: str,
+    overrides: Sequence[str],
+    spec: RunSpec,
+    out_dir: str,
+    prune_checkpoints: bool = False,
+) -> str:
+    """The shell command that trains one member on its own (``run-one``)."""
+    args = [
+        "python",
+        "-m",
+        "experiments.width_sweep",
+        "run-one",
+        "--config",
+        config_path,
+        "--out",
+        out_dir,
+        "--family",
+        spec.family,
+        "--width",
+        str(spec.width),
+        "--base-width",
+        str(spec.base_width),
+        "--seed",
+        str(spec.seed),
+    ]
+    for o in overrides:
+        args += ["--set", o]
+    if prune_checkpoints:
+        args.append("--prune-checkpoints")
+    return " ".join(shell_quote(a) for a in args)
 
 
-def run_sweep(config_path: str, out_dir: str, base_width: int, widths: Sequence[int],
-              seeds: Sequence[int] = (0,), overrides: Sequence[str] = (),
-              bottlenecks: Sequence[str] = (), sparse: bool = True,
-              prune_checkpoints: bool = False, title: Optional[str] = None,
-              command: Optional[str] = None, log=print) -> list[dict]:
-  """Runs every member (skipping finished ones) sequentially, then writes the report.
+def run_sweep(
+    config_path: str,
+    out_dir: str,
+    base_width: int,
+    widths: Sequence[int],
+    seeds: Sequence[int] = (0,),
+    overrides: Sequence[str] = (),
+    bottlenecks: Sequence[str] = (),
+    sparse: bool = True,
+    prune_checkpoints: bool = False,
+    title: Optional[str] = None,
+    command: Optional[str] = None,
+    log=print,
+) -> list[dict]:
+    """Runs every member (skipping finished ones) sequentially, then writes the report.
 
-  Returns the report rows (see :func:`collect_rows`).
-  """
-  specs = plan_runs(base_width, widths, seeds, bottlenecks, sparse)
-  base = apply_overrides(load_config_file(config_path), overrides)
-  validate_all(base, specs)
-  os.makedirs(out_dir, exist_ok=True)
-  _write_sweep_json(out_dir, config_path, overrides, base_width, widths, seeds, bottlenecks,
-                    title, command)
-  t0 = time.time()
-  for i, spec in enumerate(specs):
-    t = time.time()
-    try:
-      res = run_one(base, spec, out_dir, prune_checkpoints)
-    except FloatingPointError as e:  # diverged (non-finite loss): record it, go on
-      _write_failure(workdir_of(out_dir, spec), e)
-      if prune_checkpoints:
-        shutil.rmtree(os.path.join(workdir_of(out_dir, spec), 'checkpoints'), ignore_errors=True)
-      log(f'[{i + 1}/{len(specs)}] {spec.name}: FAILED ({type(e).__name__}: {e})')
-      continue
-    status = 'skipped (finished before)' if res['skipped'] else f'{time.time() - t:.1f} s'
-    log(f'[{i + 1}/{len(specs)}] {spec.name}: best test {res.get("best_test_accuracy")} '
-        f'train {_fmt(res.get("final_train_accuracy"))} kept {res.get("kept_weights")} '
-        f'- {status} (sweep {time.time() - t0:.0f} s)')
-  return write_report(out_dir, title=title)
+    Returns the report rows (see :func:`collect_rows`).
+    """
+    specs = plan_runs(base_width, widths, seeds, bottlenecks, sparse)
+    base = apply_overrides(load_config_file(config_path), overrides)
+    validate_all(base, specs)
+    os.makedirs(out_dir, exist_ok=True)
+    _write_sweep_json(
+        out_dir, config_path, overrides, base_width, widths, seeds, bottlenecks, title, command
+    )
+    t0 = time.time()
+    for i, spec in enumerate(specs):
+        t = time.time()
+        try:
+            res = run_one(base, spec, out_dir, prune_checkpoints)
+        except FloatingPointError as e:  # diverged (non-finite loss): record it, go on
+            _write_failure(workdir_of(out_dir, spec), e)
+            if prune_checkpoints:
+                shutil.rmtree(
+                    os.path.join(workdir_of(out_dir, spec), "checkpoints"), ignore_errors=True
+                )
+            log(f"[{i + 1}/{len(specs)}] {spec.name}: FAILED ({type(e).__name__}: {e})")
+            continue
+        status = "skipped (finished before)" if res["skipped"] else f"{time.time() - t:.1f} s"
+        log(
+            f"[{i + 1}/{len(specs)}] {spec.name}: best test {res.get('best_test_accuracy')} "
+            f"train {_fmt(res.get('final_train_accuracy'))} kept {res.get('kept_weights')} "
+            f"- {status} (sweep {time.time() - t0:.0f} s)"
+        )
+    return write_report(out_dir, title=title)
 
 
 def _write_failure(workdir: str, error: BaseException) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, FAILED_FILE), 'w') as f:
-    json.dump({'error': type(error).__name__, 'message': str(error)}, f, indent=2)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, FAILED_FILE), "w") as f:
+        json.dump({"error": type(error).__name__, "message": str(error)}, f, indent=2)
 
 
 def _name_key(name: str) -> tuple:
-  """Sort key of a workdir name ``<family>_w<width>_s<seed>``: family order, width, seed."""
-  family, _, rest = name.partition('_w')
-  width, _, seed = rest.partition('_s')
-  rank = FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
-  try:
-    return (rank, int(width), int(seed), name)
-  except ValueError:
-    return (rank, 0, 0, name)
+    """Sort key of a workdir name ``<family>_w<width>_s<seed>``: family order, width, seed."""
+    family, _, rest = name.partition("_w")
+    width, _, seed = rest.partition("_s")
+    rank = FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
+    try:
+        return (rank, int(width), int(seed), name)
+    except ValueError:
+        return (rank, 0, 0, name)
 
 
 def collect_failures(out_dir: str) -> dict[str, str]:
-  """``{run name: error message}`` of runs that failed (``failed.json``) and never finished."""
-  runs = os.path.join(out_dir, RUNS_DIR)
-  out = {}
-  for name in sorted(os.listdir(runs) if os.path.isdir(runs) else [], key=_name_key):
-    path = os.path.join(runs, name, FAILED_FILE)
-    if os.path.isfile(path) and not is_finished(os.path.join(runs, name)):
-      with open(path) as f:
-        d = json.load(f)
-      out[name] = f'{d["error"]}: {d["message"]}'
-  return out
+    """``{run name: error message}`` of runs that failed (``failed.json``) and never finished."""
+    runs = os.path.join(out_dir, RUNS_DIR)
+    out = {}
+    for name in sorted(os.listdir(runs) if os.path.isdir(runs) else [], key=_name_key):
+        path = os.path.join(runs, name, FAILED_FILE)
+        if os.path.isfile(path) and not is_finished(os.path.join(runs, name)):
+            with open(path) as f:
+                d = json.load(f)
+            out[name] = f"{d['error']}: {d['message']}"
+    return out
 
 
-def _write_sweep_json(out_dir, config_path, overrides, base_width, widths, seeds, bottlenecks,
-                      title, command):
-  info = {'config': config_path, 'overrides': list(overrides), 'base_width': base_width,
-          'widths': list(widths), 'seeds': list(seeds), 'bottlenecks': list(bottlenecks),
-          'title': title, 'command': command}
-  with open(os.path.join(out_dir, 'sweep.json'), 'w') as f:
-    json.dump(info, f, indent=2)
+def _write_sweep_json(
+    out_dir, config_path, overrides, base_width, widths, seeds, bottlenecks, title, command
+):
+    info = {
+        "config": config_path,
+        "overrides": list(overrides),
+        "base_width": base_width,
+        "widths": list(widths),
+        "seeds": list(seeds),
+        "bottlenecks": list(bottlenecks),
+        "title": title,
+        "command": command,
+    }
+    with open(os.path.join(out_dir, "sweep.json"), "w") as f:
+        json.dump(info, f, indent=2)
 
 
 # ----------------------------------------------------------------------------- report
 
 
 def collect_rows(out_dir: str) -> list[dict]:
-  """One row per finished run under ``OUT/runs`` (fields :data:`CSV_FIELDS`)."""
-  rows = []
-  runs = os.path.join(out_dir, RUNS_DIR)
-  if not os.path.isdir(runs):
+    """One row per finished run under ``OUT/runs`` (fields :data:`CSV_FIELDS`)."""
+    rows = []
+    runs = os.path.join(out_dir, RUNS_DIR)
+    if not os.path.isdir(runs):
+        return rows
+    for name in sorted(os.listdir(runs)):
+        workdir = os.path.join(runs, name)
+        if not is_finished(workdir):
+            continue
+        with open(os.path.join(workdir, SUMMARY_FILE)) as f:
+            s = json.load(f)
+        with open(os.path.join(workdir, "config.json")) as f:
+            c = json.load(f)
+        m = c["model"]
+        if m["base_width"] is None or m["base_width"] == m["width"]:
+            family = "dense"
+        elif m["name"].endswith("_bottleneck"):
+            family = f"bottleneck-{m['bottleneck']}"
+        else:
+            family = "sparse"
+        kept, total = s.get("kept_weights"), s.get("total_weights")
+        rows.append(
+            {
+                "family": family,
+                "width": m["width"],
+                "base_width": m["base_width"] if m["base_width"] is not None else m["width"],
+                "seed": c["train"]["seed"],
+                "kept_weights": kept,
+                "total_weights": total,
+                "density": (kept / total) if kept and total else None,
+                "best_test_accuracy": s.get("best_test_accuracy"),
+                "final_test_accuracy": s.get("final_test_accuracy"),
+                "final_train_accuracy": s.get("final_train_accuracy"),
+                "steps": s.get("step"),
+                "wall_time_s": s.get("wall_time_s"),
+                "workdir": os.path.relpath(workdir, out_dir),
+            }
+        )
+    rows.sort(
+        key=lambda r: (
+            FAMILIES.index(r["family"]) if r["family"] in FAMILIES else 99,
+            r["width"],
+            r["seed"],
+        )
+    )
     return rows
-  for name in sorted(os.listdir(runs)):
-    workdir = os.path.join(runs, name)
-    if not is_finished(workdir):
-      continue
-    with open(os.path.join(workdir, SUMMARY_FILE)) as f:
-      s = json.load(f)
-    with open(os.path.join(workdir, 'config.json')) as f:
-      c = json.load(f)
-    m = c['model']
-    if m['base_width'] is None or m['base_width'] == m['width']:
-      family = 'dense'
-    elif m['name'].endswith('_bottleneck'):
-      family = f'bottleneck-{m["bottleneck"]}'
-    else:
-      family = 'sparse'
-    kept, total = s.get('kept_weights'), s.get('total_weights')
-    rows.append({
-        'family': family, 'width': m['width'],
-        'base_width': m['base_width'] if m['base_width'] is not None else m['width'],
-        'seed': c['train']['seed'], 'kept_weights': kept, 'total_weights': total,
-        'density': (kept / total) if kept and total else None,
-        'best_test_accuracy': s.get('best_test_accuracy'),
-        'final_test_accuracy': s.get('final_test_accuracy'),
-        'final_train_accuracy': s.get('final_train_accuracy'),
-        'steps': s.get('step'), 'wall_time_s': s.get('wall_time_s'),
-        'workdir': os.path.relpath(workdir, out_dir)})
-  rows.sort(key=lambda r: (FAMILIES.index(r['family']) if r['family'] in FAMILIES else 99,
-                           r['width'], r['seed']))
-  return rows
 
 
 def _mean_std(values: Sequence[Optional[float]]) -> tuple[Optional[float], Optional[float], int]:
-  vals = [float(v) for v in values if v is not None]
-  if not vals:
-    return None, None, 0
-  mean = sum(vals) / len(vals)
-  var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
-  return mean, math.sqrt(var), len(vals)
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None, 0
+    mean = sum(vals) / len(vals)
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
+    return mean, math.sqrt(var), len(vals)
 
 
 def aggregate(rows: Sequence[dict]) -> list[dict]:
-  """Mean and sample std over seeds per (family, width); dense base width joins every family."""
-  groups: dict[tuple, list[dict]] = {}
-  for r in rows:
-    groups.setdefault((r['family'], r['width']), []).append(r)
-  out = []
-  for (family, width), rs in groups.items():
-    agg = {'family': family, 'width': width, 'base_width': rs[0]['base_width'], 'n': len(rs),
-           'kept_weights': rs[0]['kept_weights'], 'density': rs[0]['density'],
-           'seeds': sorted(r['seed'] for r in rs)}
-    for key in ('best_test_accuracy', 'final_train_accuracy', 'final_test_accuracy',
-                'wall_time_s'):
-      agg[key], agg[key + '_std'], _ = _mean_std([r[key] for r in rs])
-    out.append(agg)
-  out.sort(key=lambda a: (FAMILIES.index(a['family']) if a['family'] in FAMILIES else 99,
-                          a['width']))
-  return out
+    """Mean and sample std over seeds per (family, width); dense base width joins every family."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["family"], r["width"]), []).append(r)
+    out = []
+    for (family, width), rs in groups.items():
+        agg = {
+            "family": family,
+            "width": width,
+            "base_width": rs[0]["base_width"],
+            "n": len(rs),
+            "kept_weights": rs[0]["kept_weights"],
+            "density": rs[0]["density"],
+            "seeds": sorted(r["seed"] for r in rs),
+        }
+        for key in (
+            "best_test_accuracy",
+            "final_train_accuracy",
+            "final_test_accuracy",
+            "wall_time_s",
+        ):
+            agg[key], agg[key + "_std"], _ = _mean_std([r[key] for r in rs])
+        out.append(agg)
+    out.sort(
+        key=lambda a: (FAMILIES.index(a["family"]) if a["family"] in FAMILIES else 99, a["width"])
+    )
+    return out
 
 
 def _fmt(v: Optional[float], std: Optional[float] = None, n: int = 1, digits: int = 2) -> str:
-  if v is None:
-    return '–'
-  if std is not None and n > 1:
-    return f'{v:.{digits}f} ± {std:.{digits}f}'
-  return f'{v:.{digits}f}'
+    if v is None:
+        return "–"
+    if std is not None and n > 1:
+        return f"{v:.{digits}f} ± {std:.{digits}f}"
+    return f"{v:.{digits}f}"
 
 
 def markdown_table(agg: Sequence[dict], title: Optional[str] = None) -> str:
-  """Markdown table of :func:`aggregate` rows (accuracies in %, mean ± std when n > 1)."""
-  lines = []
-  if title:
-    lines += [f'### {title}', '']
-  lines += ['| family | width | weights kept | density | best test acc (%) | '
-            'final train acc (%) | wall (s) | seeds |',
-            '|---|---:|---:|---:|---:|---:|---:|---:|']
-  for a in agg:
-    density = '–' if a['density'] is None else f'{a["density"]:.4g}'
-    lines.append(
-        f'| {a["family"]} | {a["width"]} | {a["kept_weights"]} | {density} | '
-        f'{_fmt(a["best_test_accuracy"], a["best_test_accuracy_std"], a["n"])} | '
-        f'{_fmt(a["final_train_accuracy"], a["final_train_accuracy_std"], a["n"])} | '
-        f'{_fmt(a["wall_time_s"], None, 1, 1)} | {a["n"]} |')
-  return '\n'.join(lines) + '\n'
+    """Markdown table of :func:`aggregate` rows (accuracies in %, mean ± std when n > 1)."""
+    lines = []
+    if title:
+        lines += [f"### {title}", ""]
+    lines += [
+        "| family | width | weights kept | density | best test acc (%) | "
+        "final train acc (%) | wall (s) | seeds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for a in agg:
+        density = "–" if a["density"] is None else f"{a['density']:.4g}"
+        lines.append(
+            f"| {a['family']} | {a['width']} | {a['kept_weights']} | {density} | "
+            f"{_fmt(a['best_test_accuracy'], a['best_test_accuracy_std'], a['n'])} | "
+            f"{_fmt(a['final_train_accuracy'], a['final_train_accuracy_std'], a['n'])} | "
+            f"{_fmt(a['wall_time_s'], None, 1, 1)} | {a['n']} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def family_curves(agg: Sequence[dict]) -> dict[str, list[dict]]:
-  """Per family, its points by width; every non-dense family starts at the dense base point."""
-  by_family: dict[str, list[dict]] = {}
-  for a in agg:
-    by_family.setdefault(a['family'], []).append(a)
-  dense = {a['width']: a for a in by_family.get('dense', [])}
-  for family, pts in by_family.items():
-    if family == 'dense' or not pts:
-      continue
-    # the dense base-width net, whose weight count the family keeps, is its first point
-    base = pts[0].get('base_width')
-    if base in dense and base < min(p['width'] for p in pts):
-      pts.insert(0, dense[base])
-  for pts in by_family.values():
-    pts.sort(key=lambda a: a['width'])
-  return by_family
+    """Per family, its points by width; every non-dense family starts at the dense base point."""
+    by_family: dict[str, list[dict]] = {}
+    for a in agg:
+        by_family.setdefault(a["family"], []).append(a)
+    dense = {a["width"]: a for a in by_family.get("dense", [])}
+    for family, pts in by_family.items():
+        if family == "dense" or not pts:
+            continue
+        # the dense base-width net, whose weight count the family keeps, is its first point
+        base = pts[0].get("base_width")
+        if base in dense and base < min(p["width"] for p in pts):
+            pts.insert(0, dense[base])
+    for pts in by_family.values():
+        pts.sort(key=lambda a: a["width"])
+    return by_family
 
 
-def plot_sweep(agg: Sequence[dict], path: str, title: Optional[str] = None,
-               test_ylim: Optional[tuple[float, float]] = None) -> None:
-  """Fig.-1-style figure: best test acc (left) and final train acc (right) vs width (log x).
+def plot_sweep(
+    agg: Sequence[dict],
+    path: str,
+    title: Optional[str] = None,
+    test_ylim: Optional[tuple[float, float]] = None,
+) -> None:
+    """Fig.-1-style figure: best test acc (left) and final train acc (right) vs width (log x).
 
-  ``test_ylim=(lo, hi)`` zooms the test panel; points below ``lo`` are drawn as a down-pointing
-  marker on the bottom edge, labelled with their value.
-  """
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+    ``test_ylim=(lo, hi)`` zooms the test panel; points below ``lo`` are drawn as a down-pointing
+    marker on the bottom edge, labelled with their value.
+    """
+    import matplotlib
 
-  curves = family_curves(agg)
-  widths = sorted({a['width'] for a in agg})
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-  panels = (('best_test_accuracy', 'best test accuracy (%)'),
-            ('final_train_accuracy', 'train accuracy, last epoch (%)'))
-  for ax, (key, ylabel) in zip(axes, panels):
-    for family, pts in curves.items():
-      color, marker, label = FAMILY_STYLE.get(family, ('black', 'x', family))
-      pts = [p for p in pts if p[key] is not None]
-      if not pts:
-        continue
-      xs = [p['width'] for p in pts]
-      ys = [p[key] for p in pts]
-      es = [p[key + '_std'] if p['n'] > 1 else 0.0 for p in pts]
-      lim = test_ylim if key == 'best_test_accuracy' else None
-      shown = [y if lim is None else max(y, lim[0]) for y in ys]
-      es = [e if y == v else 0.0 for e, y, v in zip(es, ys, shown)]  # no bars on clipped points
-      ax.errorbar(xs, shown, yerr=es, color=color, marker=marker, capsize=3, label=label,
-                  linestyle='-' if family == 'dense' else '--', markersize=5)
-      for x, y in zip(xs, ys):
-        if lim is not None and y < lim[0]:
-          ax.plot([x], [lim[0]], marker='v', color=color, markersize=9, clip_on=False)
-          ax.annotate(f'{y:.1f}', (x, lim[0]), textcoords='offset points', xytext=(-4, 8),
-                      ha='right', fontsize=8, color=color)
-    if key == 'best_test_accuracy' and test_ylim is not None:
-      ax.set_ylim(*test_ylim)
-    ax.set_xscale('log')
-    ax.xaxis.set_major_locator(FixedLocator(widths))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.tick_params(axis='x', labelsize=8, labelrotation=45 if len(widths) > 5 else 0)
-    ax.set_xlabel('width')
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-  if title:
-    fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    curves = family_curves(agg)
+    widths = sorted({a["width"] for a in agg})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = (
+        ("best_test_accuracy", "best test accuracy (%)"),
+        ("final_train_accuracy", "train accuracy, last epoch (%)"),
+    )
+    for ax, (key, ylabel) in zip(axes, panels):
+        for family, pts in curves.items():
+            color, marker, label = FAMILY_STYLE.get(family, ("black", "x", family))
+            pts = [p for p in pts if p[key] is not None]
+            if not pts:
+                continue
+            xs = [p["width"] for p in pts]
+            ys = [p[key] for p in pts]
+            es = [p[key + "_std"] if p["n"] > 1 else 0.0 for p in pts]
+            lim = test_ylim if key == "best_test_accuracy" else None
+            shown = [y if lim is None else max(y, lim[0]) for y in ys]
+            es = [
+                e if y == v else 0.0 for e, y, v in zip(es, ys, shown)
+            ]  # no bars on clipped points
+            ax.errorbar(
+                xs,
+                shown,
+                yerr=es,
+                color=color,
+                marker=marker,
+                capsize=3,
+                label=label,
+                linestyle="-" if family == "dense" else "--",
+                markersize=5,
+            )
+            for x, y in zip(xs, ys):
+                if lim is not None and y < lim[0]:
+                    ax.plot([x], [lim[0]], marker="v", color=color, markersize=9, clip_on=False)
+                    ax.annotate(
+                        f"{y:.1f}",
+                        (x, lim[0]),
+                        textcoords="offset points",
+                        xytext=(-4, 8),
+                        ha="right",
+                        fontsize=8,
+                        color=color,
+                    )
+        if key == "best_test_accuracy" and test_ylim is not None:
+            ax.set_ylim(*test_ylim)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(widths))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.tick_params(axis="x", labelsize=8, labelrotation=45 if len(widths) > 5 else 0)
+        ax.set_xlabel("width")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
-def write_report(out_dir: str, title: Optional[str] = None,
-                 test_ylim: Optional[tuple[float, float]] = None) -> list[dict]:
-  """Writes runs.csv, table.md and width_sweep.png from the finished runs; returns the rows."""
-  rows = collect_rows(out_dir)
-  if not rows:
-    raise ValueError(f'no finished runs (summary.json) under {os.path.join(out_dir, RUNS_DIR)}')
-  if title is None:
-    info_path = os.path.join(out_dir, 'sweep.json')
-    if os.path.isfile(info_path):
-      with open(info_path) as f:
-        title = json.load(f).get('title')
-  with open(os.path.join(out_dir, 'runs.csv'), 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-    w.writeheader()
-    for r in rows:
-      w.writerow(r)
-  agg = aggregate(rows)
-  text = markdown_table(agg, title)
-  failures = collect_failures(out_dir)
-  if failures:
-    text += '\nRuns that failed (not in the table):\n\n' + ''.join(
-        f'* `{name}`: {msg.split(";")[0]}\n' for name, msg in failures.items())
-  with open(os.path.join(out_dir, 'table.md'), 'w') as f:
-    f.write(text)
-  plot_sweep(agg, os.path.join(out_dir, 'width_sweep.png'), title, test_ylim)
-  return rows
+def write_report(
+    out_dir: str, title: Optional[str] = None, test_ylim: Optional[tuple[float, float]] = None
+) -> list[dict]:
+    """Writes runs.csv, table.md and width_sweep.png from the finished runs; returns the rows."""
+    rows = collect_rows(out_dir)
+    if not rows:
+        raise ValueError(f"no finished runs (summary.json) under {os.path.join(out_dir, RUNS_DIR)}")
+    if title is None:
+        info_path = os.path.join(out_dir, "sweep.json")
+        if os.path.isfile(info_path):
+            with open(info_path) as f:
+                title = json.load(f).get("title")
+    with open(os.path.join(out_dir, "runs.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    agg = aggregate(rows)
+    text = markdown_table(agg, title)
+    failures = collect_failures(out_dir)
+    if failures:
+        text += "\nRuns that failed (not in the table):\n\n" + "".join(
+            f"* `{name}`: {msg.split(';')[0]}\n" for name, msg in failures.items()
+        )
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(text)
+    plot_sweep(agg, os.path.join(out_dir, "width_sweep.png"), title, test_ylim)
+    return rows
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-  p.add_argument('--config', required=True, help='config file with get_config()')
-  p.add_argument('--out', required=True, help='sweep output dir (workdirs under OUT/runs)')
-  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                 help='config override, e.g. --set dataset.name=fashion_mnist (repeatable)')
-  p.add_argument('--base-width', type=int, required=True)
-  p.add_argument('--prune-checkpoints', action='store_true',
-                 help='delete a run\'s checkpoints once it has finished (keeps summaries)')
+    p.add_argument("--config", required=True, help="config file with get_config()")
+    p.add_argument("--out", required=True, help="sweep output dir (workdirs under OUT/runs)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set dataset.name=fashion_mnist (repeatable)",
+    )
+    p.add_argument("--base-width", type=int, required=True)
+    p.add_argument(
+        "--prune-checkpoints",
+        action="store_true",
+        help="delete a run's checkpoints once it has finished (keeps summaries)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-  ap = argparse.ArgumentParser(prog='python -m experiments.width_sweep', description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  sub = ap.add_subparsers(dest='cmd', required=True)
-  s = sub.add_parser('sweep', help='run every member (sequentially) and write the report')
-  _add_common(s)
-  s.add_argument('--widths', required=True, help='comma-separated, each >= --base-width')
-  s.add_argument('--seeds', default='0', help='comma-separated train seeds (default 0)')
-  s.add_argument('--bottleneck', default='', help='comma-separated: linear,nonlinear')
-  s.add_argument('--no-sparse', action='store_true', help='skip the masked sparse family')
-  s.add_argument('--title', default=None, help='title of the table and figure')
-  s.add_argument('--jobs-file', default=None,
-                 help="write one 'run-one' command per member to this file ('-': stdout) "
-                      'and run nothing')
-  r = sub.add_parser('run-one', help='train one member (skipped if finished)')
-  _add_common(r)
-  r.add_argument('--family', required=True, choices=FAMILIES)
-  r.add_argument('--width', type=int, required=True)
-  r.add_argument('--seed', type=int, default=0)
-  rep = sub.add_parser('report', help='rebuild runs.csv, table.md and the figure')
-  rep.add_argument('--out', required=True)
-  rep.add_argument('--title', default=None)
-  rep.add_argument('--test-ylim', default=None, metavar='LO,HI',
-                   help='zoom the test-accuracy panel (points below LO are marked on the edge)')
-  return ap
+    ap = argparse.ArgumentParser(
+        prog="python -m experiments.width_sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("sweep", help="run every member (sequentially) and write the report")
+    _add_common(s)
+    s.add_argument("--widths", required=True, help="comma-separated, each >= --base-width")
+    s.add_argument("--seeds", default="0", help="comma-separated train seeds (default 0)")
+    s.add_argument("--bottleneck", default="", help="comma-separated: linear,nonlinear")
+    s.add_argument("--no-sparse", action="store_true", help="skip the masked sparse family")
+    s.add_argument("--title", default=None, help="title of the table and figure")
+    s.add_argument(
+        "--jobs-file",
+        default=None,
+        help="write one 'run-one' command per member to this file ('-': stdout) and run nothing",
+    )
+    r = sub.add_parser("run-one", help="train one member (skipped if finished)")
+    _add_common(r)
+    r.add_argument("--family", required=True, choices=FAMILIES)
+    r.add_argument("--width", type=int, required=True)
+    r.add_argument("--seed", type=int, default=0)
+    rep = sub.add_parser("report", help="rebuild runs.csv, table.md and the figure")
+    rep.add_argument("--out", required=True)
+    rep.add_argument("--title", default=None)
+    rep.add_argument(
+        "--test-ylim",
+        default=None,
+        metavar="LO,HI",
+        help="zoom the test-accuracy panel (points below LO are marked on the edge)",
+    )
+    return ap
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = build_parser().parse_args(argv)
-  if args.cmd != 'report':  # training progress lines (train.py logs through absl)
-    from widesparse_jax import platform
-    platform.enable_fast_cpu_convolutions()  # before JAX starts its CPU backend
-    from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.INFO)
-    absl_logging.set_stderrthreshold(absl_logging.INFO)
-  command = 'python -m experiments.width_sweep ' + ' '.join(
-      shell_quote(a) for a in (sys.argv[1:] if argv is None else argv))
-  try:
-    if args.cmd == 'report':
-      ylim = None
-      if args.test_ylim:
-        try:
-          lo, hi = (float(v) for v in args.test_ylim.split(','))
-        except ValueError:
-          raise ValueError(f'--test-ylim {args.test_ylim!r} is not LO,HI (e.g. 75,85)') from None
-        if not lo < hi:
-          raise ValueError(f'--test-ylim {args.test_ylim!r}: LO must be < HI')
-        ylim = (lo, hi)
-      rows = write_report(args.out, args.title, ylim)
-      print(f'{len(rows)} runs -> {args.out}/runs.csv, table.md, width_sweep.png')
-      return 0
-    if args.cmd == 'run-one':
-      kinds = [args.family[len('bottleneck-'):]] if args.family.startswith('bottleneck-') else []
-      specs = plan_runs(args.base_width, [args.width], [args.seed], kinds,
-                        sparse=args.family == 'sparse')
-      spec = RunSpec(args.family, args.width, args.base_width, args.seed)
-      if spec not in specs:
-        raise ValueError(f'--family {args.family} needs --width > --base-width '
-                         f'(got width {args.width}, base width {args.base_width})')
-      base = apply_overrides(load_config_file(args.config), args.set)
-      validate_all(base, [spec])
-      res = run_one(base, spec, args.out, args.prune_checkpoints)
-      print(json.dumps(res, indent=2))
-      return 0
-    widths = parse_int_list(args.widths, '--widths')
-    seeds = parse_int_list(args.seeds, '--seeds')
-    bottlenecks = [b.strip() for b in args.bottleneck.split(',') if b.strip()]
-    specs = plan_runs(args.base_width, widths, seeds, bottlenecks, not args.no_sparse)
-    if args.jobs_file is not None:
-      base = apply_overrides(load_config_file(args.config), args.set)
-      validate_all(base, specs)
-      lines = [job_command(args.config, args.set, s, args.out, args.prune_checkpoints)
-               for s in specs]
-      lines.append(f'python -m experiments.width_sweep report --out {shell_quote(args.out)}')
-      text = '\n'.join(lines) + '\n'
-      if args.jobs_file == '-':
-        sys.stdout.write(text)
-      else:
-        with open(args.jobs_file, 'w') as f:
-          f.write(text)
-        print(f'{len(specs)} run commands (+ report) -> {args.jobs_file}')
-      return 0
-    rows = run_sweep(args.config, args.out, args.base_width, widths, seeds, args.set,
-                     bottlenecks, not args.no_sparse, args.prune_checkpoints, args.title,
-                     command)
-    print(markdown_table(aggregate(rows), args.title))
-    return 0
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    if args.cmd != "report":  # training progress lines (train.py logs through absl)
+        from widesparse_jax import platform
+
+        platform.enable_fast_cpu_convolutions()  # before JAX starts its CPU backend
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.INFO)
+        absl_logging.set_stderrthreshold(absl_logging.INFO)
+    command = "python -m experiments.width_sweep " + " ".join(
+        shell_quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    try:
+        if args.cmd == "report":
+            ylim = None
+            if args.test_ylim:
+                try:
+                    lo, hi = (float(v) for v in args.test_ylim.split(","))
+                except ValueError:
+                    raise ValueError(
+                        f"--test-ylim {args.test_ylim!r} is not LO,HI (e.g. 75,85)"
+                    ) from None
+                if not lo < hi:
+                    raise ValueError(f"--test-ylim {args.test_ylim!r}: LO must be < HI")
+                ylim = (lo, hi)
+            rows = write_report(args.out, args.title, ylim)
+            print(f"{len(rows)} runs -> {args.out}/runs.csv, table.md, width_sweep.png")
+            return 0
+        if args.cmd == "run-one":
+            kinds = (
+                [args.family[len("bottleneck-") :]] if args.family.startswith("bottleneck-") else []
+            )
+            specs = plan_runs(
+                args.base_width, [args.width], [args.seed], kinds, sparse=args.family == "sparse"
+            )
+            spec = RunSpec(args.family, args.width, args.base_width, args.seed)
+            if spec not in specs:
+                raise ValueError(
+                    f"--family {args.family} needs --width > --base-width "
+                    f"(got width {args.width}, base width {args.base_width})"
+                )
+            base = apply_overrides(load_config_file(args.config), args.set)
+            validate_all(base, [spec])
+            res = run_one(base, spec, args.out, args.prune_checkpoints)
+            print(json.dumps(res, indent=2))
+            return 0
+        widths = parse_int_list(args.widths, "--widths")
+        seeds = parse_int_list(args.seeds, "--seeds")
+        bottlenecks = [b.strip() for b in args.bottleneck.split(",") if b.strip()]
+        specs = plan_runs(args.base_width, widths, seeds, bottlenecks, not args.no_sparse)
+        if args.jobs_file is not None:
+            base = apply_overrides(load_config_file(args.config), args.set)
+            validate_all(base, specs)
+            lines = [
+                job_command(args.config, args.set, s, args.out, args.prune_checkpoints)
+                for s in specs
+            ]
+            lines.append(f"python -m experiments.width_sweep report --out {shell_quote(args.out)}")
+            text = "\n".join(lines) + "\n"
+            if args.jobs_file == "-":
+                sys.stdout.write(text)
+            else:
+                with open(args.jobs_file, "w") as f:
+                    f.write(text)
+                print(f"{len(specs)} run commands (+ report) -> {args.jobs_file}")
+            return 0
+        rows = run_sweep(
+            args.config,
+            args.out,
+            args.base_width,
+            widths,
+            seeds,
+            args.set,
+            bottlenecks,
+            not args.no_sparse,
+            args.prune_checkpoints,
+            args.title,
+            command,
+        )
+        print(markdown_table(aggregate(rows), args.title))
+        return 0
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
-if __name__ == '__main__':
-  sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,6 @@ relative to this checkout, never by an absolute path.
 
 from pathlib import Path
 
-GOLDEN_DIR = Path(__file__).resolve().parents[2] / 'shared' / 'golden'
-SPARSITY_JSON = GOLDEN_DIR / 'baseline_sparsity.json'
-INTEROP_DIR = GOLDEN_DIR / 'interop'
+GOLDEN_DIR = Path(__file__).resolve().parents[2] / "shared" / "golden"
+SPARSITY_JSON = GOLDEN_DIR / "baseline_sparsity.json"
+INTEROP_DIR = GOLDEN_DIR / "interop"

@@ -11,7 +11,6 @@ import pytest
 
 from widesparse_jax.analysis import consistency as cs
 
-
 # ----------------------------------------------------------------------------- CKA
 
 
@@ -74,11 +73,17 @@ def test_unbiased_hsic_matches_u_statistic_and_minibatch():
     assert cs.unbiased_hsic(K, L) == pytest.approx(_hsic_u_statistic(K, L), rel=1e-10)
     # One minibatch = the unbiased CKA of the whole set.
     x, y = rng.normal(size=(64, 5)), rng.normal(size=(64, 6))
-    assert cs.minibatch_cka([(x, y)]) == pytest.approx(cs.linear_cka(x, y, unbiased=True), rel=1e-12)
-    batches = [(x[i : i + 16], x[i : i + 16] @ np.diag([1.0, 2, 3, 4, 5])) for i in range(0, 64, 16)]
+    assert cs.minibatch_cka([(x, y)]) == pytest.approx(
+        cs.linear_cka(x, y, unbiased=True), rel=1e-12
+    )
+    batches = [
+        (x[i : i + 16], x[i : i + 16] @ np.diag([1.0, 2, 3, 4, 5])) for i in range(0, 64, 16)
+    ]
     mb = cs.minibatch_cka(batches)
     assert 0.5 < mb < 1.0
-    assert cs.minibatch_cka([(x[i : i + 16], -2 * x[i : i + 16]) for i in range(0, 64, 16)]) == pytest.approx(1.0)
+    assert cs.minibatch_cka(
+        [(x[i : i + 16], -2 * x[i : i + 16]) for i in range(0, 64, 16)]
+    ) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="n >= 4"):
         cs.unbiased_hsic(np.eye(3), np.eye(3))
     with pytest.raises(ValueError, match="same number of examples"):
@@ -92,11 +97,18 @@ def test_disagreement_zero_for_identical():
     rng = np.random.default_rng(3)
     z = rng.normal(size=(100, 10))
     d = cs.prediction_disagreement(z, z)
-    assert d == {"prob_msd": 0.0, "prob_mse": 0.0, "argmax_disagreement": 0.0,
-                 "tv_distance": 0.0, "logit_msd": 0.0}
+    assert d == {
+        "prob_msd": 0.0,
+        "prob_mse": 0.0,
+        "argmax_disagreement": 0.0,
+        "tv_distance": 0.0,
+        "logit_msd": 0.0,
+    }
     # Softmax-invariant: a per-row constant shift changes nothing.
     d2 = cs.prediction_disagreement(z + rng.normal(size=(100, 1)), z)
-    assert d2["prob_msd"] == pytest.approx(0.0, abs=1e-20) and d2["logit_msd"] == pytest.approx(0.0, abs=1e-20)
+    assert d2["prob_msd"] == pytest.approx(0.0, abs=1e-20) and d2["logit_msd"] == pytest.approx(
+        0.0, abs=1e-20
+    )
 
 
 def test_disagreement_hand_example():
@@ -123,7 +135,11 @@ def test_disagreement_hand_example():
 
 def test_disagreement_vs_reference_uses_widest():
     rng = np.random.default_rng(4)
-    outs = {8: rng.normal(size=(20, 5)), 64: rng.normal(size=(20, 5)), 512: rng.normal(size=(20, 5))}
+    outs = {
+        8: rng.normal(size=(20, 5)),
+        64: rng.normal(size=(20, 5)),
+        512: rng.normal(size=(20, 5)),
+    }
     d = cs.disagreement_vs_reference(outs)
     assert d[512]["prob_msd"] == 0.0
     assert d[8] == cs.prediction_disagreement(outs[8], outs[512])
@@ -177,13 +193,17 @@ def test_preactivation_stats():
     assert s["frac_positive"] == pytest.approx(0.8)
     assert s["q0.5"] == pytest.approx(2.0) and s["min"] == -2.0 and s["max"] == 4.0
     rng = np.random.default_rng(6)
-    inter = {"fc": {"__call__": (jnp.asarray(rng.normal(1.0, 2.0, size=(400, 250))),)},
-             "cl": {"__call__": (jnp.asarray(rng.laplace(size=(100000,))),)}}
+    inter = {
+        "fc": {"__call__": (jnp.asarray(rng.normal(1.0, 2.0, size=(400, 250))),)},
+        "cl": {"__call__": (jnp.asarray(rng.laplace(size=(100000,))),)},
+    }
     st = cs.preactivation_stats(inter, quantiles=(0.5, 0.975))
     assert set(st) == {"fc/__call__/0", "cl/__call__/0"}
     g = st["fc/__call__/0"]
     assert g["mean"] == pytest.approx(1.0, abs=0.02) and g["std"] == pytest.approx(2.0, rel=0.01)
-    assert g["kurtosis"] == pytest.approx(3.0, abs=0.05) and g["excess_kurtosis"] == pytest.approx(0.0, abs=0.05)
+    assert g["kurtosis"] == pytest.approx(3.0, abs=0.05) and g["excess_kurtosis"] == pytest.approx(
+        0.0, abs=0.05
+    )
     assert g["q0.975"] == pytest.approx(1.0 + 2.0 * 1.959964, abs=0.05)
     assert g["frac_positive"] == pytest.approx(0.6915, abs=0.005)
     assert st["cl/__call__/0"]["excess_kurtosis"] == pytest.approx(3.0, abs=0.3)  # Laplace
@@ -197,9 +217,14 @@ def test_preactivation_stats():
 def _mlp_problem():
     rng = np.random.default_rng(0)  # NumPy data: avoids compiling PRNG kernels op by op
     params = {
-        "fc": {"kernel": jnp.asarray(rng.normal(size=(4, 6)) / 2.0, jnp.float32), "bias": jnp.zeros(6)},
-        "cl": {"kernel": jnp.asarray(rng.normal(size=(6, 3)) / math.sqrt(6), jnp.float32),
-               "bias": jnp.zeros(3)},
+        "fc": {
+            "kernel": jnp.asarray(rng.normal(size=(4, 6)) / 2.0, jnp.float32),
+            "bias": jnp.zeros(6),
+        },
+        "cl": {
+            "kernel": jnp.asarray(rng.normal(size=(6, 3)) / math.sqrt(6), jnp.float32),
+            "bias": jnp.zeros(3),
+        },
     }
     x = jnp.asarray(rng.normal(size=(32, 4)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 3, size=32))
@@ -215,7 +240,9 @@ def _mlp_problem():
 
 def _explicit_eigs(loss_fn, params, batch, mask=None):
     flat, unravel = jax.flatten_util.ravel_pytree(params)
-    h = np.asarray(jax.jit(jax.hessian(lambda f: loss_fn(unravel(f), batch)))(flat), dtype=np.float64)
+    h = np.asarray(
+        jax.jit(jax.hessian(lambda f: loss_fn(unravel(f), batch)))(flat), dtype=np.float64
+    )
     if mask is not None:
         keep = np.asarray(jax.flatten_util.ravel_pytree(mask)[0]) > 0
         h = h[np.ix_(keep, keep)]
@@ -227,8 +254,9 @@ def test_power_iteration_matches_explicit_hessian():
     eigs = _explicit_eigs(loss_fn, params, batch)
     top = eigs[np.argmax(np.abs(eigs))]
     assert top > 0  # cross-entropy at init: PSD-dominant (the top |eigenvalue| is positive)
-    res = cs.top_hessian_eigenvalue(loss_fn, params, batch, jax.random.PRNGKey(1),
-                                    num_iters=300, tol=1e-7)
+    res = cs.top_hessian_eigenvalue(
+        loss_fn, params, batch, jax.random.PRNGKey(1), num_iters=300, tol=1e-7
+    )
     assert res.eigenvalue == pytest.approx(top, rel=1e-3)
     assert res.converged and res.num_iters < 300
     # The iterate is a unit eigenvector: H v = lambda v.
@@ -238,20 +266,27 @@ def test_power_iteration_matches_explicit_hessian():
     assert float(jnp.linalg.norm(v_flat)) == pytest.approx(1.0, abs=1e-5)
     assert float(jnp.linalg.norm(hv_flat - res.eigenvalue * v_flat)) < 1e-2 * abs(top)
     eos = cs.edge_of_stability(res.eigenvalue, lr=0.1)
-    assert eos["threshold"] == pytest.approx(20.0) and eos["ratio"] == pytest.approx(res.eigenvalue / 20.0)
+    assert eos["threshold"] == pytest.approx(20.0) and eos["ratio"] == pytest.approx(
+        res.eigenvalue / 20.0
+    )
 
 
 def test_power_iteration_with_masks():
     params, batch, loss_fn = _mlp_problem()
     rng = np.random.default_rng(0)
-    mask = {"fc": {"kernel": rng.random((4, 6)) < 0.5, "bias": None},
-            "cl": {"kernel": None, "bias": None}}
-    ones_mask = {"fc": {"kernel": mask["fc"]["kernel"].astype(np.float32), "bias": np.ones(6, np.float32)},
-                 "cl": {"kernel": np.ones((6, 3), np.float32), "bias": np.ones(3, np.float32)}}
+    mask = {
+        "fc": {"kernel": rng.random((4, 6)) < 0.5, "bias": None},
+        "cl": {"kernel": None, "bias": None},
+    }
+    ones_mask = {
+        "fc": {"kernel": mask["fc"]["kernel"].astype(np.float32), "bias": np.ones(6, np.float32)},
+        "cl": {"kernel": np.ones((6, 3), np.float32), "bias": np.ones(3, np.float32)},
+    }
     eigs = _explicit_eigs(loss_fn, params, batch, ones_mask)
     top = eigs[np.argmax(np.abs(eigs))]
-    res = cs.top_hessian_eigenvalue(loss_fn, params, batch, jax.random.PRNGKey(2),
-                                    num_iters=300, tol=1e-7, masks=mask)
+    res = cs.top_hessian_eigenvalue(
+        loss_fn, params, batch, jax.random.PRNGKey(2), num_iters=300, tol=1e-7, masks=mask
+    )
     assert res.eigenvalue == pytest.approx(top, rel=1e-3)
     removed = np.asarray(res.vector["fc"]["kernel"])[~mask["fc"]["kernel"]]
     assert np.all(removed == 0.0)
@@ -268,7 +303,9 @@ def test_power_iteration_returns_largest_magnitude_with_sign():
         v = jnp.concatenate([p["u"], p["w"]])  # tree leaves sorted: u then w
         return 0.5 * v @ batch @ v
 
-    res = cs.top_hessian_eigenvalue(loss_fn, params, a, jax.random.PRNGKey(0), num_iters=200, tol=1e-8)
+    res = cs.top_hessian_eigenvalue(
+        loss_fn, params, a, jax.random.PRNGKey(0), num_iters=200, tol=1e-8
+    )
     assert res.eigenvalue == pytest.approx(-5.0, rel=1e-4)
     res1 = cs.top_hessian_eigenvalue(loss_fn, params, a, jax.random.PRNGKey(0), num_iters=1)
     assert res1.num_iters == 1 and not res1.converged

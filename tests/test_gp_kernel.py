@@ -38,7 +38,9 @@ def test_j1_j2_against_integration(theta):
 @pytest.mark.parametrize("k", [2, 3, 5, 20])
 def test_mean_j2_over_random_angle(k):
     # Route 1 of A in the docstring: E_theta J2 over the angle of two Gaussian vectors in R^k.
-    dens = lambda t: np.sin(t) ** (k - 2)
+    def dens(t):
+        return np.sin(t) ** (k - 2)
+
     num, _ = integrate.quad(lambda t: gk.j2(t) * dens(t), 0, math.pi)
     den, _ = integrate.quad(dens, 0, math.pi)
     assert num / den == pytest.approx(math.pi * (k + 2) / (2 * k), rel=1e-8)
@@ -60,7 +62,10 @@ def test_finite_kernel_is_last_layer_gradient_inner_product():
     u = gk.sample_sparse_first_layer(jax.random.PRNGKey(0), n, d, 0.4, dtype=jnp.float32)
     x = jax.random.normal(jax.random.PRNGKey(1), (3, d), jnp.float32)
     xp = jax.random.normal(jax.random.PRNGKey(2), (3, d), jnp.float32)
-    f = lambda v, z: jnp.dot(v, jax.nn.relu(u @ z)) / jnp.sqrt(n)
+
+    def f(v, z):
+        return jnp.dot(v, jax.nn.relu(u @ z)) / jnp.sqrt(n)
+
     v0 = jnp.ones(n, jnp.float32)
     for i in range(3):
         want = jnp.dot(jax.grad(f)(v0, x[i]), jax.grad(f)(v0, xp[i]))
@@ -80,13 +85,19 @@ def test_dense_finite_kernel_converges_as_one_over_n():
     x = np.asarray(jax.random.normal(jax.random.PRNGKey(4), (pairs, d)))
     xp = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (pairs, d)))
     k = np.asarray(gk.arccos_kernel(jnp.asarray(x), jnp.asarray(xp)))
-    sampler = jax.jit(jax.vmap(lambda key, n: gk.finite_gp_kernel(
-        gk.sample_sparse_first_layer(key, n, d, 1.0), jnp.asarray(x), jnp.asarray(xp)),
-        in_axes=(0, None)), static_argnums=1)
+    sampler = jax.jit(
+        jax.vmap(
+            lambda key, n: gk.finite_gp_kernel(
+                gk.sample_sparse_first_layer(key, n, d, 1.0), jnp.asarray(x), jnp.asarray(xp)
+            ),
+            in_axes=(0, None),
+        ),
+        static_argnums=1,
+    )
     scaled = []
     for n in (4, 16, 64):
         theta = np.asarray(sampler(jax.random.split(jax.random.PRNGKey(n), 4000), n))
-        err = ((theta - k) ** 2).mean(0)          # [pairs]
+        err = ((theta - k) ** 2).mean(0)  # [pairs]
         se = ((theta - k) ** 2).std(0) / np.sqrt(theta.shape[0])
         want = gk.dense_pair_variance(x, xp, n)
         assert np.all(np.abs(err - want) < 4 * se + 1e-7), (n, err, want, se)
@@ -112,10 +123,15 @@ def test_dense_limit_mask_terms_vanish():
 def test_kk_term_matches_quadrature():
     # E[K^2] = E_theta[J1^2] / (4 pi^2) for theta the angle of two Gaussian vectors in R^d.
     for d in (2, 5, 30):
-        dens = lambda t: np.sin(t) ** (d - 2)
+
+        def dens(t, d=d):
+            return np.sin(t) ** (d - 2)
+
         num, _ = integrate.quad(lambda t: gk.j1(t) ** 2 * dens(t), 0, math.pi)
         den, _ = integrate.quad(dens, 0, math.pi)
-        assert gk.gp_distance_exact(1, 1.0, d).kk == pytest.approx(num / den / (4 * np.pi**2), rel=1e-7)
+        assert gk.gp_distance_exact(1, 1.0, d).kk == pytest.approx(
+            num / den / (4 * np.pi**2), rel=1e-7
+        )
 
 
 def test_asymptotic_expansion_matches_exact_at_large_d():
@@ -124,13 +140,15 @@ def test_asymptotic_expansion_matches_exact_at_large_d():
         assert gk.gp_distance_asymptotic(100, p, 784) == pytest.approx(exact, rel=2e-3)
     # leading width term equals the paper's width term
     assert gk.gp_distance_paper(1000, 1.0, 10**6) == pytest.approx(
-        gk.gp_distance_asymptotic(1000, 1.0, 10**6), rel=1e-5)
+        gk.gp_distance_asymptotic(1000, 1.0, 10**6), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("n,p,d", [(8, 1.0, 12), (8, 0.5, 16), (4, 0.25, 32), (16, 0.1, 40)])
 def test_exact_distance_matches_monte_carlo(n, p, d):
-    mean, se = gk.monte_carlo_distance(jax.random.PRNGKey(11 * n + d), n, p, d,
-                                       num_pairs=250, num_inits=160)
+    mean, se = gk.monte_carlo_distance(
+        jax.random.PRNGKey(11 * n + d), n, p, d, num_pairs=250, num_inits=160
+    )
     exact = gk.gp_distance_exact(n, p, d).total
     assert abs(mean - exact) < 3 * se, (mean, se, exact)
     assert se < 0.1 * exact  # the check has teeth
@@ -146,7 +164,9 @@ def test_bias_term_against_row_monte_carlo():
         rho = np.clip(np.sum(u1 * u2, 1) / np.maximum(n1 * n2, 1e-300), -1, 1)
         return (n1 * n2 * gk.j1(np.arccos(rho)) / (2 * np.pi)) ** 2
 
-    rows = lambda: rng.standard_normal((s, d)) * (rng.random((s, d)) < p) / np.sqrt(d * p)
+    def rows():
+        return rng.standard_normal((s, d)) * (rng.random((s, d)) < p) / np.sqrt(d * p)
+
     vals = pair_term(rows(), rows())
     r = gk.gp_distance_exact(1, p, d)
     assert abs(vals.mean() - r.b) < 3.5 * vals.std() / np.sqrt(s)
@@ -171,7 +191,10 @@ def test_paper_optimum_matches_asymptotic_where_p_small():
 def test_exact_optimum_is_a_minimum_and_sparser_than_dense():
     n_weights, d = 6400, 100
     p_opt = gk.optimal_density_exact(n_weights, d)
-    dist = lambda p: gk.gp_distance_exact(n_weights / (p * d), p, d).total
+
+    def dist(p):
+        return gk.gp_distance_exact(n_weights / (p * d), p, d).total
+
     assert 1.0 / d <= p_opt < 0.5
     assert dist(p_opt) < dist(1.0)
     assert dist(p_opt) <= dist(min(1.0, p_opt * 1.3))

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from golden_paths import SPARSITY_JSON as GOLDEN  # noqa: E402
 
 from widesparse_jax import masks as M
 
-from golden_paths import SPARSITY_JSON as GOLDEN  # noqa: E402
 S = jax.ShapeDtypeStruct
 F32 = jnp.float32
 
@@ -23,16 +23,23 @@ F32 = jnp.float32
 # Local stand-ins (shape trees in the Flax layout of docs/contracts.md, forward order)
 # ----------------------------------------------------------------------------------------------
 
+
 def resnet_shapes(w, num_classes, stem="cifar", cin=3):
     k = 3 if stem == "cifar" else 7
-    p = {"conv1": {"kernel": S((k, k, cin, w), F32)},
-         "bn1": {"scale": S((w,), F32), "bias": S((w,), F32)}}
+    p = {
+        "conv1": {"kernel": S((k, k, cin, w), F32)},
+        "bn1": {"scale": S((w,), F32), "bias": S((w,), F32)},
+    }
     c_in = w
     for s, mult in enumerate((1, 2, 4, 8)):
         c = w * mult
         for b in range(2):
-            blk = {"conv1": {"kernel": S((3, 3, c_in, c), F32)}, "bn1": {"scale": S((c,), F32)},
-                   "conv2": {"kernel": S((3, 3, c, c), F32)}, "bn2": {"scale": S((c,), F32)}}
+            blk = {
+                "conv1": {"kernel": S((3, 3, c_in, c), F32)},
+                "bn1": {"scale": S((c,), F32)},
+                "conv2": {"kernel": S((3, 3, c, c), F32)},
+                "bn2": {"scale": S((c,), F32)},
+            }
             if c_in != c:
                 blk["shortcut_0"] = {"kernel": S((1, 1, c_in, c), F32)}
                 blk["shortcut_1"] = {"scale": S((c,), F32)}
@@ -84,14 +91,18 @@ def golden_cases():
 # Paper distribution
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", golden_cases(), ids=lambda c: c["case"])
 def test_plan_matches_golden_per_layer(case):
     w, b, nc = case["width"], case["base_width"], case["num_classes"]
     params = resnet_shapes(w, nc)
     base_total = M.count_weights(resnet_shapes(b, nc))
     assert base_total == 2724 * b * b + 27 * b + 8 * b * nc == case["target_total"]
-    assert M.count_weights(params) == 2724 * w * w + 27 * w + 8 * w * nc \
+    assert (
+        M.count_weights(params)
+        == 2724 * w * w + 27 * w + 8 * w * nc
         == case["dense_total_at_width"]
+    )
     plan = M.make_plan(params, M.insertion_order(params), base_total=base_total)
     assert [torch_name(l.name) for l in plan.layers] == [l["name"] for l in case["layers"]]
     assert [l.keep for l in plan.layers] == [l["kept"] for l in case["layers"]]
@@ -102,8 +113,9 @@ def test_plan_matches_golden_per_layer(case):
     assert plan.total_keep == case["kept_total"] and plan.difference == 0
     assert sum(not l.dense for l in plan.layers) == case["num_layers_sparsified"]
     # paper_distribution alone, on the sizes in model order
-    rem = M.paper_distribution([l["total"] for l in case["layers"]],
-                               case["dense_total_at_width"] - case["target_total"])
+    rem = M.paper_distribution(
+        [l["total"] for l in case["layers"]], case["dense_total_at_width"] - case["target_total"]
+    )
     assert rem == [l["frozen"] for l in case["layers"]]
 
 
@@ -111,8 +123,7 @@ def _random_cases(rng, count):
     for _ in range(count):
         L = rng.randint(1, 9)
         pool = [rng.randint(1, 60) for _ in range(3)]  # small pool -> many ties
-        sizes = [rng.choice(pool) if rng.random() < 0.5 else rng.randint(1, 400)
-                 for _ in range(L)]
+        sizes = [rng.choice(pool) if rng.random() < 0.5 else rng.randint(1, 400) for _ in range(L)]
         srt = sorted(sizes, reverse=True)
         lims = list(itertools.accumulate((j + 1) * (srt[j] - srt[j + 1]) for j in range(L - 1)))
         total = sum(sizes)
@@ -143,8 +154,8 @@ def test_paper_distribution_matches_baseline_transliteration():
 def test_paper_distribution_boundary_and_ties():
     # sorted [10, 6, 6, 2]: limits 4, 4, 4 + 3*4 = 16
     sizes = [6, 10, 2, 6]
-    assert M.paper_distribution(sizes, 4) == [0, 4, 0, 0]   # N == limit: one layer only
-    assert M.paper_distribution(sizes, 5) == [0, 5, 0, 0]   # 3 layers levelled (6, 6 tie)
+    assert M.paper_distribution(sizes, 4) == [0, 4, 0, 0]  # N == limit: one layer only
+    assert M.paper_distribution(sizes, 5) == [0, 5, 0, 0]  # 3 layers levelled (6, 6 tie)
     r = M.paper_distribution(sizes, 6)  # rest 2 over 3 layers: 0 each, leftover 2 to first
     assert r == [0, 6, 0, 0]
     r = M.paper_distribution(sizes, 7)  # rest 3 over 3 -> 1 each
@@ -175,6 +186,7 @@ def test_distribution_errors(fn):
 # ----------------------------------------------------------------------------------------------
 # Uniform and ERK
 # ----------------------------------------------------------------------------------------------
+
 
 def test_uniform_distribution_exact_and_proportional():
     rng = random.Random(7)
@@ -210,6 +222,7 @@ def test_erk_distribution():
 # Plans
 # ----------------------------------------------------------------------------------------------
 
+
 def test_make_plan_methods_and_totals():
     params = resnet_shapes(16, 10)
     base = M.count_weights(resnet_shapes(8, 10))
@@ -219,21 +232,22 @@ def test_make_plan_methods_and_totals():
         assert plan.total_width == 2724 * 256 + 27 * 16 + 8 * 16 * 10
         assert sum(l.keep for l in plan.layers) == base
     d = M.make_plan(params, num_to_remove=0).to_dict()
-    assert d["total_keep"] == d["total_width"] and all(l["keep"] == l["size"]
-                                                       for l in d["layers"])
+    assert d["total_keep"] == d["total_width"] and all(l["keep"] == l["size"] for l in d["layers"])
 
 
 def test_make_plan_dense_layers_and_flat_mapping():
     # NTK MLP: width 635 at the count of width 8, last layer dense
     shapes = {"fc/kernel": (784, 635), "cl/kernel": (635, 10)}
     n = (635 - 8) * 794
-    plan = M.make_plan(shapes, ["fc/kernel", "cl/kernel"], num_to_remove=n,
-                       dense_layers=["cl/kernel"])
+    plan = M.make_plan(
+        shapes, ["fc/kernel", "cl/kernel"], num_to_remove=n, dense_layers=["cl/kernel"]
+    )
     assert plan.by_name["cl/kernel"].dense and plan.by_name["fc/kernel"].keep == 2
     assert plan.total_keep == 8 * 794 == 6352
     # the module path names the same layer
-    by_module = M.make_plan(shapes, ["fc/kernel", "cl/kernel"], num_to_remove=n,
-                            dense_layers=["cl"])
+    by_module = M.make_plan(
+        shapes, ["fc/kernel", "cl/kernel"], num_to_remove=n, dense_layers=["cl"]
+    )
     assert [l.keep for l in by_module.layers] == [l.keep for l in plan.layers]
     # the paper method without dense_layers levels fc and cl instead
     paper = M.make_plan(shapes, num_to_remove=n)
@@ -241,8 +255,9 @@ def test_make_plan_dense_layers_and_flat_mapping():
     # baseline MLP split: everything from fc (fract_freeze_cl = 0) == dense cl
     fc, cl = M.baseline_mlp_removals(784 * 635, 6350, n)
     assert (fc, cl) == (n, 0)
-    plan2 = M.make_plan(shapes, num_to_remove=n, method="explicit",
-                        removals={"fc/kernel": fc, "cl/kernel": cl})
+    plan2 = M.make_plan(
+        shapes, num_to_remove=n, method="explicit", removals={"fc/kernel": fc, "cl/kernel": cl}
+    )
     assert [l.keep for l in plan2.layers] == [l.keep for l in plan.layers]
     with pytest.raises(ValueError, match="at most 3919"):
         M.baseline_mlp_removals(3920, 10, 3925, num_remove_cl=5)
@@ -273,11 +288,13 @@ def test_kernel_granularity_plan():
     params = resnet_shapes(32, 10)
     rng = random.Random(0)
     for base in [M.count_weights(resnet_shapes(b, 10)) for b in (8, 12, 16)] + [
-            rng.randint(10_000, 300_000) for _ in range(20)]:
+        rng.randint(10_000, 300_000) for _ in range(20)
+    ]:
         plan = M.make_plan(params, base_total=base, granularity="kernel")
         for l in plan.layers:
-            assert l.keep % l.unit == 0 and l.unit == (9 if len(l.shape) == 4 and
-                                                       l.shape[0] == 3 else 1)
+            assert l.keep % l.unit == 0 and l.unit == (
+                9 if len(l.shape) == 4 and l.shape[0] == 3 else 1
+            )
         group_units = {l.unit for l in plan.layers if not l.dense}
         if 1 in group_units:
             assert plan.difference == 0
@@ -292,35 +309,51 @@ def test_kernel_granularity_plan():
     # a dense (unit 1) layer in the group absorbs the remainder exactly
     shapes = {"a/kernel": (3, 3, 8, 8), "b/kernel": (64, 10)}
     for n in range(0, 1000, 13):
-        assert M.make_plan(shapes, num_to_remove=n, method="uniform",
-                           granularity="kernel").difference == 0
+        assert (
+            M.make_plan(shapes, num_to_remove=n, method="uniform", granularity="kernel").difference
+            == 0
+        )
 
 
 # ----------------------------------------------------------------------------------------------
 # Layer order
 # ----------------------------------------------------------------------------------------------
 
+
 def _toy_params(order_of_keys):
-    shapes = {"layer2": (4, 5), "layer10": (3, 4), "conv": (5, 6), "shortcut": (4, 6),
-              "head": (6, 2)}
-    return {k: {"kernel": jnp.ones(shapes[k]), "bias": jnp.zeros(shapes[k][1])}
-            for k in order_of_keys}
+    shapes = {
+        "layer2": (4, 5),
+        "layer10": (3, 4),
+        "conv": (5, 6),
+        "shortcut": (4, 6),
+        "head": (6, 2),
+    }
+    return {
+        k: {"kernel": jnp.ones(shapes[k]), "bias": jnp.zeros(shapes[k][1])} for k in order_of_keys
+    }
 
 
 def _toy_fn(p, x, scale=1.0):
-    h = x @ p["layer10"]["kernel"]                      # 3 -> 4
-    h = jnp.tanh(h @ p["layer2"]["kernel"])             # 4 -> 5
-    main = jax.jit(lambda a, w: a @ w)(h, p["conv"]["kernel"])   # inside a pjit
+    h = x @ p["layer10"]["kernel"]  # 3 -> 4
+    h = jnp.tanh(h @ p["layer2"]["kernel"])  # 4 -> 5
+    main = jax.jit(lambda a, w: a @ w)(h, p["conv"]["kernel"])  # inside a pjit
     sc = jax.checkpoint(lambda a, w: a @ w)(x @ p["layer10"]["kernel"], p["shortcut"]["kernel"])
     return (main + sc) @ p["head"]["kernel"] * scale
 
 
 def test_forward_order_ignores_dict_order():
-    want = [("layer10", "kernel"), ("layer2", "kernel"), ("conv", "kernel"),
-            ("shortcut", "kernel"), ("head", "kernel")]
+    want = [
+        ("layer10", "kernel"),
+        ("layer2", "kernel"),
+        ("conv", "kernel"),
+        ("shortcut", "kernel"),
+        ("head", "kernel"),
+    ]
     x = jnp.ones((2, 3))
-    for keys in (["head", "shortcut", "conv", "layer2", "layer10"],
-                 ["layer2", "layer10", "shortcut", "conv", "head"]):
+    for keys in (
+        ["head", "shortcut", "conv", "layer2", "layer10"],
+        ["layer2", "layer10", "shortcut", "conv", "head"],
+    ):
         params = _toy_params(keys)
         assert M.insertion_order(params) == [(k, "kernel") for k in keys]
         assert M.forward_order(_toy_fn, params, x, scale=2.0) == want
@@ -346,19 +379,21 @@ def test_forward_order_flax_module_sorted_keys_differ():
     shuffled = {k: params[k] for k in sorted(params)}
     got = M.forward_order(lambda p, x: net.apply({"params": p}, x), shuffled, jnp.ones((1, 3)))
     assert [p[0] for p in got] == ["layer2", "layer10", "conv", "shortcut"]
-    assert [p[0] for p in M.insertion_order(shuffled)] == ["conv", "layer10", "layer2",
-                                                          "shortcut"]
+    assert [p[0] for p in M.insertion_order(shuffled)] == ["conv", "layer10", "layer2", "shortcut"]
 
 
 def test_forward_order_real_resnet_matches_golden_order():
     models = pytest.importorskip("widesparse_jax.models")
     model = models.create_model("resnet18", 4, 10, stem="cifar")
     x = S((1,) + tuple(models.input_shape("resnet18", stem="cifar")), F32)
-    variables = jax.eval_shape(lambda k, xx: model.init(k, xx, train=False),
-                               jax.random.key(0), x)
+    variables = jax.eval_shape(lambda k, xx: model.init(k, xx, train=False), jax.random.key(0), x)
     params, stats = variables["params"], variables["batch_stats"]
-    order = M.forward_order(lambda p, s, xx: model.apply({"params": p, "batch_stats": s}, xx,
-                                                         train=False), params, stats, x)
+    order = M.forward_order(
+        lambda p, s, xx: model.apply({"params": p, "batch_stats": s}, xx, train=False),
+        params,
+        stats,
+        x,
+    )
     golden = [l["name"] for l in golden_cases()[0]["layers"]]
     assert [torch_name(M.path_name(p)) for p in order] == golden
 
@@ -367,15 +402,22 @@ def test_forward_order_real_resnet_matches_golden_order():
 # Drawing masks
 # ----------------------------------------------------------------------------------------------
 
+
 def _plan_and_params(method="paper", granularity="weight"):
     params = resnet_shapes(16, 10)
-    plan = M.make_plan(params, base_total=M.count_weights(resnet_shapes(6, 10)), method=method,
-                       granularity=granularity)
+    plan = M.make_plan(
+        params,
+        base_total=M.count_weights(resnet_shapes(6, 10)),
+        method=method,
+        granularity=granularity,
+    )
     return params, plan
 
 
-@pytest.mark.parametrize("method,granularity", [("paper", "weight"), ("uniform", "weight"),
-                                                ("erk", "weight"), ("paper", "kernel")])
+@pytest.mark.parametrize(
+    "method,granularity",
+    [("paper", "weight"), ("uniform", "weight"), ("erk", "weight"), ("paper", "kernel")],
+)
 def test_draw_masks_exact_counts_and_structure(method, granularity):
     params, plan = _plan_and_params(method, granularity)
     masks = M.draw_masks(jax.random.key(3), params, plan)
@@ -403,7 +445,10 @@ def test_invariant5_seed_and_path_determinism():
     b = M.draw_masks(key, params, plan, num_threads=1)
     c = M.draw_masks(jax.random.key(12), params, plan)
     name = ("layer4_1", "conv2", "kernel")
-    get = lambda t: t[name[0]][name[1]][name[2]]
+
+    def get(t):
+        return t[name[0]][name[1]][name[2]]
+
     assert np.array_equal(get(a), get(b))
     assert not np.array_equal(get(a), get(c))
     # add a layer and rename another: the mask of layer4_1/conv2 is unchanged
@@ -411,12 +456,17 @@ def test_invariant5_seed_and_path_determinism():
     params2["extra"] = {"kernel": S((3, 3, 16, 16), F32)}
     params2["stem_renamed"] = params2.pop("conv1")
     lp = plan.by_name["layer4_1/conv2/kernel"]
-    other = [M.LayerPlan(("extra", "kernel"), "extra/kernel", (3, 3, 16, 16), 2304, 100),
-             M.LayerPlan(("stem_renamed", "kernel"), "stem_renamed/kernel", (3, 3, 3, 16), 432,
-                         200), lp]
+    other = [
+        M.LayerPlan(("extra", "kernel"), "extra/kernel", (3, 3, 16, 16), 2304, 100),
+        M.LayerPlan(("stem_renamed", "kernel"), "stem_renamed/kernel", (3, 3, 3, 16), 432, 200),
+        lp,
+    ]
     plan2 = M.MaskPlan(tuple(other), "explicit", "weight", 0, 0, 0)
-    sub = {"extra": params2["extra"], "stem_renamed": params2["stem_renamed"],
-           "layer4_1": {"conv2": params["layer4_1"]["conv2"]}}
+    sub = {
+        "extra": params2["extra"],
+        "stem_renamed": params2["stem_renamed"],
+        "layer4_1": {"conv2": params["layer4_1"]["conv2"]},
+    }
     d = M.draw_masks(key, sub, plan2)
     assert np.array_equal(get(d), get(a))
     # the layer's mask is exactly draw_layer_mask(key, its plan)
@@ -429,8 +479,9 @@ def test_invariant5_seed_and_path_determinism():
 
 def test_frozendict_params_keep_their_type():
     core = pytest.importorskip("flax.core")
-    params = core.freeze({"b": {"kernel": S((6, 4), F32), "bias": S((4,), F32)},
-                          "a": {"kernel": S((4, 3), F32)}})
+    params = core.freeze(
+        {"b": {"kernel": S((6, 4), F32), "bias": S((4,), F32)}, "a": {"kernel": S((4, 3), F32)}}
+    )
     plan = M.make_plan(params, num_to_remove=10)
     masks = M.draw_masks(0, params, plan)
     assert type(masks) is type(params) and list(masks) == ["b", "a"]
@@ -468,12 +519,17 @@ def test_draw_position_frequencies_uniform():
 # Helpers
 # ----------------------------------------------------------------------------------------------
 
+
 def _real_params():
     k = jax.random.key(0)
-    return {"fc": {"kernel": jax.random.uniform(k, (20, 30), minval=-1, maxval=1),
-                   "bias": jnp.full((30,), 0.5)},
-            "bn": {"scale": jnp.ones((30,))},
-            "cl": {"kernel": jnp.ones((30, 4)), "bias": jnp.ones((4,))}}
+    return {
+        "fc": {
+            "kernel": jax.random.uniform(k, (20, 30), minval=-1, maxval=1),
+            "bias": jnp.full((30,), 0.5),
+        },
+        "bn": {"scale": jnp.ones((30,))},
+        "cl": {"kernel": jnp.ones((30, 4)), "bias": jnp.ones((4,))},
+    }
 
 
 def test_apply_count_report_rescale():
@@ -485,23 +541,25 @@ def test_apply_count_report_rescale():
     masked = jax.jit(M.apply_masks)(params, masks)
     fc = np.asarray(masked["fc"]["kernel"])
     assert (fc[~masks["fc"]["kernel"]] == 0).all()
-    assert np.array_equal(fc[masks["fc"]["kernel"]],
-                          np.asarray(params["fc"]["kernel"])[masks["fc"]["kernel"]])
+    assert np.array_equal(
+        fc[masks["fc"]["kernel"]], np.asarray(params["fc"]["kernel"])[masks["fc"]["kernel"]]
+    )
     assert M.apply_masks(params, masks)["cl"]["kernel"] is params["cl"]["kernel"]  # dense
     rep = M.density_report(params, masks, M.insertion_order(params))
-    assert rep == [{"name": "fc/kernel", "shape": [20, 30], "size": 600, "kept": 150,
-                    "density": 0.25},
-                   {"name": "cl/kernel", "shape": [30, 4], "size": 120, "kept": 120,
-                    "density": 1.0}]
+    assert rep == [
+        {"name": "fc/kernel", "shape": [20, 30], "size": 600, "kept": 150, "density": 0.25},
+        {"name": "cl/kernel", "shape": [30, 4], "size": 120, "kept": 120, "density": 1.0},
+    ]
     text = M.format_density_report(rep)
     assert "fc/kernel" in text and "0.2500" in text and "270" in text
     r = M.rescale_for_density(params, masks)
     m = masks["fc"]["kernel"]
-    np.testing.assert_allclose(np.asarray(r["fc"]["kernel"])[m],
-                               2.0 * np.asarray(params["fc"]["kernel"])[m], rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(r["fc"]["kernel"])[m], 2.0 * np.asarray(params["fc"]["kernel"])[m], rtol=1e-6
+    )
     assert (np.asarray(r["fc"]["kernel"])[~m] == 0).all()
-    np.testing.assert_allclose(r["fc"]["bias"], 1.0)   # bias scaled by 1/sqrt(0.25)
-    np.testing.assert_allclose(r["cl"]["bias"], 1.0)   # dense layer untouched
+    np.testing.assert_allclose(r["fc"]["bias"], 1.0)  # bias scaled by 1/sqrt(0.25)
+    np.testing.assert_allclose(r["cl"]["bias"], 1.0)  # dense layer untouched
     np.testing.assert_allclose(r["bn"]["scale"], 1.0)
 
 
@@ -517,11 +575,15 @@ def test_check_masks_errors():
     with pytest.raises(ValueError, match="fc/bias.*must be None"):
         M.check_masks(params, {**masks, "fc": {**masks["fc"], "bias": np.ones(30, bool)}})
     with pytest.raises(ValueError, match="dtype"):
-        M.check_masks(params, {**masks, "fc": {**masks["fc"],
-                                               "kernel": np.ones((20, 30), np.float32)}})
+        M.check_masks(
+            params, {**masks, "fc": {**masks["fc"], "kernel": np.ones((20, 30), np.float32)}}
+        )
     with pytest.raises(ValueError, match="shape"):
-        M.draw_masks(0, {"fc": {"kernel": S((3, 3), F32)}},
-                     M.make_plan({"fc/kernel": (3, 4)}, num_to_remove=1))
+        M.draw_masks(
+            0,
+            {"fc": {"kernel": S((3, 3), F32)}},
+            M.make_plan({"fc/kernel": (3, 4)}, num_to_remove=1),
+        )
 
 
 def test_masks_module_has_no_flax_import():

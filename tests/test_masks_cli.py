@@ -12,8 +12,12 @@ from golden_paths import SPARSITY_JSON as GOLDEN  # noqa: E402
 
 
 def run_cli(*args, ok=True):
-    proc = subprocess.run([sys.executable, "-m", "widesparse_jax.masks", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "widesparse_jax.masks", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if ok:
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
@@ -29,12 +33,21 @@ def cifar_count(w, c):
     return 2724 * w * w + 27 * w + 8 * w * c
 
 
-@pytest.mark.parametrize("case", json.loads(GOLDEN.read_text())["cases"],
-                         ids=lambda c: c["case"])
+@pytest.mark.parametrize("case", json.loads(GOLDEN.read_text())["cases"], ids=lambda c: c["case"])
 def test_cli_matches_golden(case):
     w, b, c = case["width"], case["base_width"], case["num_classes"]
-    out = run_cli("--model", "resnet18", "--stem", "cifar", "--num-classes", c, "--width", w,
-                  "--base-width", b)
+    out = run_cli(
+        "--model",
+        "resnet18",
+        "--stem",
+        "cifar",
+        "--num-classes",
+        c,
+        "--width",
+        w,
+        "--base-width",
+        b,
+    )
     assert out["total_width"] == cifar_count(w, c) == case["dense_total_at_width"]
     assert out["total_base"] == cifar_count(b, c) == case["target_total"]
     assert out["total_keep"] == case["kept_total"]
@@ -47,14 +60,32 @@ def test_cli_matches_golden(case):
 
 
 def test_cli_imagenet_dense_and_kernel_draw():
-    out = run_cli("--model", "resnet18", "--stem", "imagenet", "--num-classes", 1000,
-                  "--width", 16)
-    assert out["total_width"] == out["total_base"] == out["total_keep"] \
-        == 2724 * 16 ** 2 + 147 * 16 + 8000 * 16
+    out = run_cli("--model", "resnet18", "--stem", "imagenet", "--num-classes", 1000, "--width", 16)
+    assert (
+        out["total_width"]
+        == out["total_base"]
+        == out["total_keep"]
+        == 2724 * 16**2 + 147 * 16 + 8000 * 16
+    )
     assert all(l["keep"] == l["size"] for l in out["layers"])
     assert out["layers"][0]["name"] == "conv1/kernel" and out["layers"][0]["shape"] == [7, 7, 3, 16]
-    out = run_cli("--model", "resnet18", "--stem", "cifar", "--num-classes", 10, "--width", 24,
-                  "--base-width", 10, "--granularity", "kernel", "--draw", "--seed", 3)
+    out = run_cli(
+        "--model",
+        "resnet18",
+        "--stem",
+        "cifar",
+        "--num-classes",
+        10,
+        "--width",
+        24,
+        "--base-width",
+        10,
+        "--granularity",
+        "kernel",
+        "--draw",
+        "--seed",
+        3,
+    )
     assert out["granularity"] == "kernel"
     assert out["total_keep"] - out["total_base"] == out["difference"]
     assert abs(out["difference"]) <= 4
@@ -62,19 +93,33 @@ def test_cli_imagenet_dense_and_kernel_draw():
 
 
 def test_cli_mlp_and_methods():
-    out = run_cli("--model", "mlp", "--input-dim", 784, "--num-classes", 10, "--width", 640,
-                  "--base-width", 5)
+    out = run_cli(
+        "--model", "mlp", "--input-dim", 784, "--num-classes", 10, "--width", 640, "--base-width", 5
+    )
     assert [l["name"] for l in out["layers"]] == ["fc/kernel", "cl/kernel"]
     assert [l["shape"] for l in out["layers"]] == [[784, 640], [640, 10]]
     assert out["total_base"] == out["total_keep"] == 5 * 794 and out["total_width"] == 640 * 794
-    out = run_cli("--model", "mlp", "--num-classes", 10, "--width", 635, "--base-width", 8,
-                  "--dense-layers", "cl/kernel", "--method", "uniform")
+    out = run_cli(
+        "--model",
+        "mlp",
+        "--num-classes",
+        10,
+        "--width",
+        635,
+        "--base-width",
+        8,
+        "--dense-layers",
+        "cl/kernel",
+        "--method",
+        "uniform",
+    )
     assert [l["keep"] for l in out["layers"]] == [2, 6350]
 
 
 def test_cli_errors():
     err = run_cli("--model", "resnet18", "--width", 8, "--base-width", 16, ok=False)
     assert "--width 8 is below --base-width 16" in err
-    err = run_cli("--model", "resnet18", "--width", 16, "--base-width", 8, "--method", "magic",
-                  ok=False)
+    err = run_cli(
+        "--model", "resnet18", "--width", 16, "--base-width", 8, "--method", "magic", ok=False
+    )
     assert "magic" in err and "paper" in err

@@ -133,10 +133,25 @@ def test_resnet_param_names_match_contract():
     jax.eval_shape(record, KEY, jnp.zeros((1, 8, 8, 3)))
     real = order[0]
     assert list(real["layer2_0"].keys()) == [
-        "conv1", "bn1", "conv2", "bn2", "shortcut_0", "shortcut_1"]
+        "conv1",
+        "bn1",
+        "conv2",
+        "bn2",
+        "shortcut_0",
+        "shortcut_1",
+    ]
     assert list(real.keys()) == [
-        "conv1", "bn1", "layer1_0", "layer1_1", "layer2_0", "layer2_1",
-        "layer3_0", "layer3_1", "layer4_0", "layer4_1", "linear",
+        "conv1",
+        "bn1",
+        "layer1_0",
+        "layer1_1",
+        "layer2_0",
+        "layer2_1",
+        "layer3_0",
+        "layer3_1",
+        "layer4_0",
+        "layer4_1",
+        "linear",
     ]
     p = v["params"]
     assert p["layer2_0"]["conv1"]["kernel"].shape == (3, 3, w, 2 * w)
@@ -179,8 +194,12 @@ def _np_variables(model, x, seed=0):
 
 @pytest.mark.parametrize(
     "stem,shape,c",
-    [("cifar", (32, 32, 3), 10), ("cifar", (28, 28, 1), 10), ("imagenet", (224, 224, 3), 1000),
-     ("imagenet", (64, 64, 3), 7)],
+    [
+        ("cifar", (32, 32, 3), 10),
+        ("cifar", (28, 28, 1), 10),
+        ("imagenet", (224, 224, 3), 1000),
+        ("imagenet", (64, 64, 3), 7),
+    ],
 )
 def test_resnet_output_shapes(stem, shape, c):
     m = create_model("resnet18", 2, c, stem=stem)
@@ -188,9 +207,7 @@ def test_resnet_output_shapes(stem, shape, c):
     v = jax.eval_shape(functools.partial(m.init, train=False), KEY, x)
     y = jax.eval_shape(functools.partial(m.apply, train=False), v, x)
     assert y.shape == (3, c) and y.dtype == jnp.float32
-    y2, upd = jax.eval_shape(
-        functools.partial(m.apply, train=True, mutable=["batch_stats"]), v, x
-    )
+    y2, upd = jax.eval_shape(functools.partial(m.apply, train=True, mutable=["batch_stats"]), v, x)
     assert y2.shape == (3, c)
     assert jax.tree.map(lambda a: a.shape, upd["batch_stats"]) == jax.tree.map(
         lambda a: a.shape, v["batch_stats"]
@@ -296,7 +313,14 @@ def test_mlp_standard_init(dist):
         assert float(jnp.max(jnp.abs(fc))) > 3 * scale  # tails: not uniform
         assert abs(float(jnp.std(b)) / scale - 1) < 0.1
     cl = p["cl"]["kernel"]
-    assert abs(float(jnp.std(cl)) / (scale * math.sqrt(784 / 1000) / (math.sqrt(3) if dist == "uniform" else 1)) - 1) < 0.05
+    assert (
+        abs(
+            float(jnp.std(cl))
+            / (scale * math.sqrt(784 / 1000) / (math.sqrt(3) if dist == "uniform" else 1))
+            - 1
+        )
+        < 0.05
+    )
 
 
 def test_mlp_ntk_init_and_scaling():
@@ -404,7 +428,8 @@ def test_bf16_compute_keeps_f32_params():
     y = b16.apply(v, x, train=False)
     assert y.dtype == jnp.bfloat16
     np.testing.assert_allclose(
-        np.asarray(y, np.float32), BasicBlock(features=4, stride=2).apply(v, x, train=False),
+        np.asarray(y, np.float32),
+        BasicBlock(features=4, stride=2).apply(v, x, train=False),
         atol=0.05,
     )
     m = ResNet18(2, 10, dtype=jnp.bfloat16)
@@ -481,8 +506,10 @@ def test_basic_block_stride2_projection_matches_torch(train):
     np.testing.assert_allclose(np.asarray(y), _nchw_to_nhwc(yt), rtol=1e-5, atol=1e-5)
     if train:  # running mean matches; flax stores biased var, torch unbiased (documented)
         np.testing.assert_allclose(
-            np.asarray(out[1]["batch_stats"]["bn1"]["mean"]), bn1.running_mean.numpy(),
-            rtol=1e-5, atol=1e-6,
+            np.asarray(out[1]["batch_stats"]["bn1"]["mean"]),
+            bn1.running_mean.numpy(),
+            rtol=1e-5,
+            atol=1e-6,
         )
 
 
@@ -508,7 +535,8 @@ def test_imagenet_stem_and_maxpool_match_torch():
     assert pj.shape == (2, 10, 10, 2)
     np.testing.assert_allclose(np.asarray(pj), _nchw_to_nhwc(pt), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
-        np.asarray(max_pool_torch(jnp.asarray(_nchw_to_nhwc(neg)))), _nchw_to_nhwc(pneg),
+        np.asarray(max_pool_torch(jnp.asarray(_nchw_to_nhwc(neg)))),
+        _nchw_to_nhwc(pneg),
         rtol=1e-6,
     )
 
@@ -561,12 +589,17 @@ def test_resnet_bottleneck_plan_meets_target_from_below(width, base):
     assert 0 <= plan.gap
     ks = dict(plan.inner_dims)
     shapes = bmod.block_conv_shapes(width)
-    assert len(ks) == 16 and all(ks[n] == (plan.ratio.numerator * min(i, o)) // plan.ratio.denominator
-                                 for n, i, o in shapes)
+    assert len(ks) == 16 and all(
+        ks[n] == (plan.ratio.numerator * min(i, o)) // plan.ratio.denominator for n, i, o in shapes
+    )
     # maximality: the next breakpoint r' > r overshoots the target (or r is already 1)
     layers = [bmod.FactorLayer(n, i, o, 9) for n, i, o in shapes]
-    nxt = min(Fraction(j, l.max_inner) for l in layers for j in range(1, l.max_inner + 1)
-              if Fraction(j, l.max_inner) > plan.ratio)
+    nxt = min(
+        Fraction(j, l.max_inner)
+        for l in layers
+        for j in range(1, l.max_inner + 1)
+        if Fraction(j, l.max_inner) > plan.ratio
+    )
     ks2 = bmod._inner_sizes(layers, nxt)
     assert plan.fixed + bmod._factored_count(layers, ks2) > plan.target
     # the model built from the plan has exactly plan.count weights
@@ -615,9 +648,7 @@ def test_mlp_linear_bottleneck_equals_product_dense():
     p = v["params"]
     w = p["fc"]["a"]["kernel"] @ p["fc"]["b"]["kernel"]
     dense = {"params": {"fc": {"kernel": w, "bias": p["fc"]["b"]["bias"]}, "cl": p["cl"]}}
-    np.testing.assert_allclose(
-        m.apply(v, x), MLP(40, 10).apply(dense, x), rtol=1e-4, atol=1e-5
-    )
+    np.testing.assert_allclose(m.apply(v, x), MLP(40, 10).apply(dense, x), rtol=1e-4, atol=1e-5)
     non = create_model("mlp_bottleneck", 40, 10, base_width=5, bottleneck="nonlinear")
     assert not np.allclose(non.apply(v, x), m.apply(v, x), atol=1e-5)
     with pytest.raises(ValueError, match="factorize"):
@@ -631,12 +662,14 @@ def test_ntk_sparse_init_matches_baseline_via_masks():
     applied to our N(0,1) NTK init must give that (and U(+-1/sqrt(fan_in p)) for standard)."""
     masks_mod = pytest.importorskip("widesparse_jax.masks")
     rng = np.random.default_rng(0)
-    for param, dist in (("ntk", "normal"), ("standard", "uniform")):
+    for param, _dist in (("ntk", "normal"), ("standard", "uniform")):
         m = MLP(400, 10, parametrization=param, use_bias=param == "standard")
         p = m.init(KEY, jnp.zeros((1, 784)))["params"]
         keep = rng.random((784, 400)) < 0.25
-        masks = {"fc": {"kernel": keep, **({"bias": None} if "bias" in p["fc"] else {})},
-                 "cl": jax.tree.map(lambda _: None, p["cl"])}
+        masks = {
+            "fc": {"kernel": keep, **({"bias": None} if "bias" in p["fc"] else {})},
+            "cl": jax.tree.map(lambda _: None, p["cl"]),
+        }
         q = masks_mod.rescale_for_density(p, masks)
         kept = np.asarray(q["fc"]["kernel"])[keep]
         dens = keep.mean()

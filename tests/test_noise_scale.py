@@ -10,7 +10,6 @@ import torch
 
 from widesparse_jax.analysis import noise_scale as ns
 
-
 # ----------------------------------------------------------------------------- formula
 
 
@@ -75,7 +74,9 @@ def test_init_variance_from_weight_variance_sparse():
     # Sparse-aware init U(+-1/sqrt(fan_in * p)): Var = 1/(3 fan_in p) -> sigma_w^2 = 1/3.
     fan_in, p = 784, 0.25
     var = 1.0 / (3 * fan_in * p)
-    assert ns.init_variance_scale("standard", weight_variance=var, fan_in=fan_in, density=p) == pytest.approx(1 / 3)
+    assert ns.init_variance_scale(
+        "standard", weight_variance=var, fan_in=fan_in, density=p
+    ) == pytest.approx(1 / 3)
     assert ns.init_variance_scale("ntk", weight_variance=1.0) == 1.0
     with pytest.raises(ValueError, match="fan_in"):
         ns.init_variance_scale("standard", weight_variance=var)
@@ -106,8 +107,12 @@ def test_noise_scale_from_config_custom_fields_and_missing():
     c.opt = ml_collections.ConfigDict(dict(learning_rate=5.0, beta=0.0))
     c.data = ml_collections.ConfigDict(dict(batch_size=256))
     c.parametrization = "ntk"
-    fields = {"lr": "opt.learning_rate", "momentum": "opt.beta", "batch_size": "data.batch_size",
-              "parametrization": "parametrization"}
+    fields = {
+        "lr": "opt.learning_rate",
+        "momentum": "opt.beta",
+        "batch_size": "data.batch_size",
+        "parametrization": "parametrization",
+    }
     assert ns.noise_scale_from_config(c, fields=fields) == pytest.approx(5.0 / 256)
     with pytest.raises(ValueError, match="'optimizer.lr'"):
         ns.noise_scale_from_config(c)
@@ -166,8 +171,17 @@ def _synthetic_sweep(widths=(8, 32, 128, 512), c=1e-3, sparse=False):
             for b in (32, 128, 512):
                 g = ns.noise_scale(lr, b, 0.9, 1.0)
                 acc = 0.9 + 0.01 * math.log(w) - 0.02 * (math.log(g) - math.log(g_star)) ** 2
-                records.append(dict(width=w, sparse=sparse, lr=float(lr), batch_size=b,
-                                    momentum=0.9, init_variance=1.0, best_test_acc=acc))
+                records.append(
+                    dict(
+                        width=w,
+                        sparse=sparse,
+                        lr=float(lr),
+                        batch_size=b,
+                        momentum=0.9,
+                        init_variance=1.0,
+                        best_test_acc=acc,
+                    )
+                )
     return records
 
 
@@ -236,8 +250,16 @@ def test_best_batch_size_per_width():
             for lr in (0.01, 0.1):
                 # Best B grows with width: B_opt = 16 w. lr 0.1 always better.
                 acc = 0.8 - 0.01 * abs(math.log2(b / (16 * w))) + (0.01 if lr == 0.1 else 0.0)
-                recs.append(dict(width=w, lr=lr, batch_size=b, momentum=0.9,
-                                 init_variance=1.0, best_test_acc=acc))
+                recs.append(
+                    dict(
+                        width=w,
+                        lr=lr,
+                        batch_size=b,
+                        momentum=0.9,
+                        init_variance=1.0,
+                        best_test_acc=acc,
+                    )
+                )
     out = ns.best_batch_size_per_width(recs)
     assert out[(8, False)].batch_size == 128 and out[(64, False)].batch_size == 1024
     assert out[(64, False)].at_edge and not out[(8, False)].at_edge
@@ -272,13 +294,13 @@ def test_plots_write_files(tmp_path):
 
 
 def test_markdown_table():
-    md = ns.markdown_table([dict(width=8, acc=0.912345, sparse=True), dict(width=16, acc=0.5)],
-                           ["width", "acc", "sparse"], float_fmt=".3f")
+    md = ns.markdown_table(
+        [dict(width=8, acc=0.912345, sparse=True), dict(width=16, acc=0.5)],
+        ["width", "acc", "sparse"],
+        float_fmt=".3f",
+    )
     assert md == (
-        "| width | acc | sparse |\n"
-        "| --- | --- | --- |\n"
-        "| 8 | 0.912 | True |\n"
-        "| 16 | 0.500 |  |\n"
+        "| width | acc | sparse |\n| --- | --- | --- |\n| 8 | 0.912 | True |\n| 16 | 0.500 |  |\n"
     )
     opt = ns.optimal_noise_scale_per_width(_synthetic_sweep(widths=(8,)))
     table = ns.optimal_noise_scale_table(opt)

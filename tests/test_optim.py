@@ -21,14 +21,23 @@ SHAPES = {
 # so the 1e-6 absolute bound is a few ulps at the final weight sizes (|w| up to ~1.5).
 def _params(seed=0, scale=0.1):
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: (scale * rng.normal(size=s)).astype(np.float32), SHAPES,
-                        is_leaf=lambda x: isinstance(x, tuple))
+    return jax.tree.map(
+        lambda s: (scale * rng.normal(size=s)).astype(np.float32),
+        SHAPES,
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
 
 
 def _grads(num_steps, seed=1, scale=0.1):
     rng = np.random.default_rng(seed)
-    return [jax.tree.map(lambda s: (scale * rng.normal(size=s)).astype(np.float32), SHAPES,
-                         is_leaf=lambda x: isinstance(x, tuple)) for _ in range(num_steps)]
+    return [
+        jax.tree.map(
+            lambda s: (scale * rng.normal(size=s)).astype(np.float32),
+            SHAPES,
+            is_leaf=lambda x: isinstance(x, tuple),
+        )
+        for _ in range(num_steps)
+    ]
 
 
 def _paths(tree):
@@ -52,8 +61,19 @@ def _run_jax(tx, params, grads, masks=None):
     return params, state
 
 
-def _run_torch(params, grads, *, lr, momentum, wd, nesterov=False, sched=None, spe=1,
-               group_lr_mult=None, frozen=None):
+def _run_torch(
+    params,
+    grads,
+    *,
+    lr,
+    momentum,
+    wd,
+    nesterov=False,
+    sched=None,
+    spe=1,
+    group_lr_mult=None,
+    frozen=None,
+):
     """torch.optim.SGD on the same leaves; scheduler stepped once per epoch of `spe` steps.
 
     group_lr_mult: path -> multiplier (one param group per leaf). frozen: path -> bool array of
@@ -88,12 +108,27 @@ def _max_diff(jax_leaves, torch_leaves):
 def test_torch_parity_multistep(nesterov):
     spe, n = 5, 50  # boundaries at epochs 2, 5, 8 -> steps 10, 25, 40
     params, grads = _params(), _grads(n)
-    tx = optim.make_optimizer(steps_per_epoch=spe, learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
-                              nesterov=nesterov, lr_schedule="multistep", lr_boundaries=(2, 5, 8), lr_gamma=0.1)
+    tx = optim.make_optimizer(
+        steps_per_epoch=spe,
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        nesterov=nesterov,
+        lr_schedule="multistep",
+        lr_boundaries=(2, 5, 8),
+        lr_gamma=0.1,
+    )
     out, state = _run_jax(tx, params, grads)
     ref, bufs, lrs = _run_torch(
-        params, grads, lr=0.1, momentum=0.9, wd=5e-4, nesterov=nesterov, spe=spe,
-        sched=lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[2, 5, 8], gamma=0.1))
+        params,
+        grads,
+        lr=0.1,
+        momentum=0.9,
+        wd=5e-4,
+        nesterov=nesterov,
+        spe=spe,
+        sched=lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[2, 5, 8], gamma=0.1),
+    )
     diff = _max_diff(jax.tree.leaves(out), ref)
     assert diff < 1e-6, diff
     trace = optax.tree.get(state, "trace")  # the momentum buffer
@@ -110,11 +145,23 @@ def test_torch_parity_cosine_per_epoch():
     spe, epochs = 5, 10
     n = spe * epochs
     params, grads = _params(2), _grads(n, seed=3)
-    tx = optim.make_optimizer(steps_per_epoch=spe, learning_rate=0.1, weight_decay=1e-4,
-                              lr_schedule="cosine", num_epochs=epochs)
+    tx = optim.make_optimizer(
+        steps_per_epoch=spe,
+        learning_rate=0.1,
+        weight_decay=1e-4,
+        lr_schedule="cosine",
+        num_epochs=epochs,
+    )
     out, _ = _run_jax(tx, params, grads)
-    ref, _, lrs = _run_torch(params, grads, lr=0.1, momentum=0.9, wd=1e-4, spe=spe,
-                             sched=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs))
+    ref, _, lrs = _run_torch(
+        params,
+        grads,
+        lr=0.1,
+        momentum=0.9,
+        wd=1e-4,
+        spe=spe,
+        sched=lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs),
+    )
     assert _max_diff(jax.tree.leaves(out), ref) < 1e-6
     sched = optim.make_schedule("cosine", 0.1, steps_per_epoch=spe, num_epochs=epochs)
     ours = np.array([sched(s) for s in range(n)])
@@ -128,16 +175,40 @@ def test_lr_multipliers_match_torch_param_groups():
     params, grads = _params(4), _grads(n, seed=5)
     mult = {("fc", "kernel"): 0.25, ("conv", "kernel"): 2.0}
     fn = lambda p: mult.get(p, 1.0)  # noqa: E731
-    tx = optim.make_optimizer(steps_per_epoch=spe, learning_rate=0.05, weight_decay=5e-4,
-                              lr_schedule="multistep", lr_boundaries=(3, 5), lr_multipliers=fn)
+    tx = optim.make_optimizer(
+        steps_per_epoch=spe,
+        learning_rate=0.05,
+        weight_decay=5e-4,
+        lr_schedule="multistep",
+        lr_boundaries=(3, 5),
+        lr_multipliers=fn,
+    )
     out, _ = _run_jax(tx, params, grads)
-    ref, _, _ = _run_torch(params, grads, lr=0.05, momentum=0.9, wd=5e-4, spe=spe, group_lr_mult=fn,
-                           sched=lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[3, 5], gamma=0.1))
+    ref, _, _ = _run_torch(
+        params,
+        grads,
+        lr=0.05,
+        momentum=0.9,
+        wd=5e-4,
+        spe=spe,
+        group_lr_mult=fn,
+        sched=lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[3, 5], gamma=0.1),
+    )
     assert _max_diff(jax.tree.leaves(out), ref) < 1e-6
     # the pytree form (None = 1.0) gives the same result as the function form
-    tree = {"conv": {"kernel": 2.0}, "bn": {"scale": None, "bias": 1.0}, "fc": {"kernel": 0.25, "bias": None}}
-    tx2 = optim.make_optimizer(steps_per_epoch=spe, learning_rate=0.05, weight_decay=5e-4,
-                               lr_schedule="multistep", lr_boundaries=(3, 5), lr_multipliers=tree)
+    tree = {
+        "conv": {"kernel": 2.0},
+        "bn": {"scale": None, "bias": 1.0},
+        "fc": {"kernel": 0.25, "bias": None},
+    }
+    tx2 = optim.make_optimizer(
+        steps_per_epoch=spe,
+        learning_rate=0.05,
+        weight_decay=5e-4,
+        lr_schedule="multistep",
+        lr_boundaries=(3, 5),
+        lr_multipliers=tree,
+    )
     out2, _ = _run_jax(tx2, params, grads)
     for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(out2)):
         np.testing.assert_array_equal(a, b)
@@ -145,7 +216,9 @@ def test_lr_multipliers_match_torch_param_groups():
         bad = {"conv": {"kernel": 2.0}, "bn": {"scale": 1.0, "bias": 1.0}, "fc": {"kernel": 0.25}}
         optim.make_optimizer(lr_multipliers=bad).update(grads[0], tx2.init(params), params)
     with pytest.raises(ValueError, match="-1.0"):
-        optim.make_optimizer(lr_multipliers=lambda p: -1.0).update(grads[0], tx2.init(params), params)
+        optim.make_optimizer(lr_multipliers=lambda p: -1.0).update(
+            grads[0], tx2.init(params), params
+        )
 
 
 def _masks(params, seed=7):
@@ -158,8 +231,12 @@ def _masks(params, seed=7):
 
 
 def _masked_params(params, masks):
-    return jax.tree.map(lambda m, x: x if m is None else np.where(m, x, 0).astype(x.dtype),
-                        masks, params, is_leaf=lambda x: x is None)
+    return jax.tree.map(
+        lambda m, x: x if m is None else np.where(m, x, 0).astype(x.dtype),
+        masks,
+        params,
+        is_leaf=lambda x: x is None,
+    )
 
 
 def test_masked_invariant_300_steps_and_dense_equivalence():
@@ -168,8 +245,13 @@ def test_masked_invariant_300_steps_and_dense_equivalence():
     masks = _masks(params)
     params = _masked_params(params, masks)
     grads = _grads(n, seed=9)  # nonzero at masked positions
-    kw = dict(steps_per_epoch=20, learning_rate=0.1, weight_decay=5e-3, lr_schedule="multistep",
-              lr_boundaries=(5, 10))
+    kw = dict(
+        steps_per_epoch=20,
+        learning_rate=0.1,
+        weight_decay=5e-3,
+        lr_schedule="multistep",
+        lr_boundaries=(5, 10),
+    )
     tx = optim.make_optimizer(**kw)
     state = tx.init(params)
     step = _make_step(tx)
@@ -191,9 +273,20 @@ def test_masked_invariant_300_steps_and_dense_equivalence():
         np.testing.assert_array_equal(np.asarray(a) == 0, np.asarray(b) == 0)
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-6)
     # and torch SGD with the baseline's gradient masking agrees on the first 50 steps
-    frozen = {("conv", "kernel"): ~masks["conv"]["kernel"], ("fc", "kernel"): ~masks["fc"]["kernel"]}
-    ref, _, _ = _run_torch(params, grads[:50], lr=0.1, momentum=0.9, wd=5e-3, spe=20, frozen=frozen,
-                           sched=lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[5, 10], gamma=0.1))
+    frozen = {
+        ("conv", "kernel"): ~masks["conv"]["kernel"],
+        ("fc", "kernel"): ~masks["fc"]["kernel"],
+    }
+    ref, _, _ = _run_torch(
+        params,
+        grads[:50],
+        lr=0.1,
+        momentum=0.9,
+        wd=5e-3,
+        spe=20,
+        frozen=frozen,
+        sched=lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[5, 10], gamma=0.1),
+    )
     out50, _ = _run_jax(optim.make_optimizer(**kw), params, grads[:50], masks)
     assert _max_diff(jax.tree.leaves(out50), ref) < 1e-6
 
@@ -236,7 +329,9 @@ def test_masks_are_jit_arguments_not_constants():
         assert np.all(k[~m["conv"]["kernel"]] == 0) and np.all(k[m["conv"]["kernel"]] != 0)
     assert not np.array_equal(upd_a["conv"]["kernel"], upd_b["conv"]["kernel"])
     # the masks are inputs of the traced program, never baked-in constants
-    closed = jax.make_jaxpr(lambda p, s, g, m: tx.update(g, s, p, masks=m))(params, state, g, masks_a)
+    closed = jax.make_jaxpr(lambda p, s, g, m: tx.update(g, s, p, masks=m))(
+        params, state, g, masks_a
+    )
     assert not any(getattr(c, "dtype", None) == np.bool_ for c in closed.consts)
     assert sum(v.aval.dtype == jnp.bool_ for v in closed.jaxpr.invars) == 2
     # masks=None is dense
@@ -265,47 +360,77 @@ def test_schedules_warmup_and_per_step():
     spe = 10
     s = optim.make_schedule("cosine", 1.0, steps_per_epoch=spe, num_epochs=12, warmup_epochs=2)
     vals = np.array([s(i) for i in range(130)])
-    np.testing.assert_allclose(vals[:20], np.arange(1, 21) / 20, rtol=1e-6)  # linear ramp to base_lr
+    np.testing.assert_allclose(
+        vals[:20], np.arange(1, 21) / 20, rtol=1e-6
+    )  # linear ramp to base_lr
     # after warmup: cosine over the remaining 10 epochs, constant within each epoch
     expect = [0.5 * (1 + np.cos(np.pi * e / 10)) for e in range(10)]
     np.testing.assert_allclose(vals[20:120], np.repeat(expect, spe), rtol=1e-6, atol=1e-7)
     assert np.all(vals[120:] == 0)
     ps = optim.make_schedule("cosine", 0.1, steps_per_epoch=spe, num_epochs=3, per_step=True)
     pv = np.array([ps(i) for i in range(31)])
-    np.testing.assert_allclose(pv, 0.05 * (1 + np.cos(np.pi * np.arange(31) / 30)), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        pv, 0.05 * (1 + np.cos(np.pi * np.arange(31) / 30)), rtol=1e-5, atol=1e-7
+    )
     assert len(set(pv[:10].tolist())) == 10  # changes every step
     c = optim.make_schedule("constant", 0.3)
     assert float(c(0)) == np.float32(0.3) and float(c(10**6)) == np.float32(0.3)
-    m = optim.make_schedule("multistep", 0.1, steps_per_epoch=100, warmup_epochs=1)  # paper CIFAR milestones
+    m = optim.make_schedule(
+        "multistep", 0.1, steps_per_epoch=100, warmup_epochs=1
+    )  # paper CIFAR milestones
     assert float(m(0)) == pytest.approx(0.1 / 100)
     assert [float(m(e * 100 - d)) for e in (50, 120, 200) for d in (1, 0)] == pytest.approx(
-        [0.1, 0.01, 0.01, 0.001, 0.001, 0.0001], rel=1e-6)
+        [0.1, 0.01, 0.01, 0.001, 0.001, 0.0001], rel=1e-6
+    )
     # make_optimizer reads ConfigDict-like objects; kwargs override
     import ml_collections
+
     cfg = ml_collections.ConfigDict(dict(learning_rate=0.2, lr_schedule="cosine", num_epochs=4))
     sc = optim.schedule_from_config(cfg, steps_per_epoch=5)
-    assert float(sc(0)) == pytest.approx(0.2) and float(sc(5)) == pytest.approx(0.1 * (1 + np.cos(np.pi / 4)))
-    assert float(optim.schedule_from_config(cfg, steps_per_epoch=5, learning_rate=0.4)(0)) == pytest.approx(0.4)
+    assert float(sc(0)) == pytest.approx(0.2) and float(sc(5)) == pytest.approx(
+        0.1 * (1 + np.cos(np.pi / 4))
+    )
+    assert float(
+        optim.schedule_from_config(cfg, steps_per_epoch=5, learning_rate=0.4)(0)
+    ) == pytest.approx(0.4)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(learning_rate=-0.1), "-0.1"),
-    (dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
-    (dict(momentum=-0.5), "-0.5"),
-    (dict(weight_decay=-1e-4), "-0.0001"),
-    (dict(lr_schedule="step_decay", steps_per_epoch=10), "unknown schedule 'step_decay'.*constant, multistep, cosine"),
-    (dict(lr_schedule="multistep", lr_boundaries=(50, 20, 200), steps_per_epoch=10), r"strictly increasing.*\(50, 20, 200\)"),
-    (dict(lr_schedule="multistep", lr_boundaries=(50, 50), steps_per_epoch=10), r"\(50, 50\)"),
-    (dict(lr_schedule="multistep", lr_boundaries=(0, 10), steps_per_epoch=10), "positive integer"),
-    (dict(lr_schedule="multistep", lr_gamma=0.0, steps_per_epoch=10), "gamma"),
-    (dict(lr_schedule="multistep"), "steps_per_epoch must be a positive integer, got None"),
-    (dict(lr_schedule="cosine", steps_per_epoch=10), "num_epochs must be a positive integer, got None"),
-    (dict(lr_schedule="cosine", steps_per_epoch=10, num_epochs=5, warmup_epochs=5), "warmup_epochs"),
-    (dict(lr_schedule="multistep", steps_per_epoch=10, warmup_epochs=60), "warmup"),
-    (dict(lr_per_step=True), "per_step"),
-    (dict(learning_rate=float("nan")), "nan"),
-    (dict(lr=0.1), "unknown optimizer option.*'lr'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(learning_rate=-0.1), "-0.1"),
+        (dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
+        (dict(momentum=-0.5), "-0.5"),
+        (dict(weight_decay=-1e-4), "-0.0001"),
+        (
+            dict(lr_schedule="step_decay", steps_per_epoch=10),
+            "unknown schedule 'step_decay'.*constant, multistep, cosine",
+        ),
+        (
+            dict(lr_schedule="multistep", lr_boundaries=(50, 20, 200), steps_per_epoch=10),
+            r"strictly increasing.*\(50, 20, 200\)",
+        ),
+        (dict(lr_schedule="multistep", lr_boundaries=(50, 50), steps_per_epoch=10), r"\(50, 50\)"),
+        (
+            dict(lr_schedule="multistep", lr_boundaries=(0, 10), steps_per_epoch=10),
+            "positive integer",
+        ),
+        (dict(lr_schedule="multistep", lr_gamma=0.0, steps_per_epoch=10), "gamma"),
+        (dict(lr_schedule="multistep"), "steps_per_epoch must be a positive integer, got None"),
+        (
+            dict(lr_schedule="cosine", steps_per_epoch=10),
+            "num_epochs must be a positive integer, got None",
+        ),
+        (
+            dict(lr_schedule="cosine", steps_per_epoch=10, num_epochs=5, warmup_epochs=5),
+            "warmup_epochs",
+        ),
+        (dict(lr_schedule="multistep", steps_per_epoch=10, warmup_epochs=60), "warmup"),
+        (dict(lr_per_step=True), "per_step"),
+        (dict(learning_rate=float("nan")), "nan"),
+        (dict(lr=0.1), "unknown optimizer option.*'lr'"),
+    ],
+)
 def test_bad_inputs_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         optim.make_optimizer(**kwargs)
@@ -314,7 +439,9 @@ def test_bad_inputs_raise_value_error(kwargs, match):
 def test_sgd_composes_with_optax():
     params = _params(13)
     g = _grads(1)[0]
-    tx = optax.chain(optax.clip_by_global_norm(1e-3), optim.sgd(0.1, momentum=0.9, weight_decay=0.0))
+    tx = optax.chain(
+        optax.clip_by_global_norm(1e-3), optim.sgd(0.1, momentum=0.9, weight_decay=0.0)
+    )
     upd, _ = tx.update(g, tx.init(params), params)
     norm = optax.global_norm(upd)
     assert float(norm) == pytest.approx(0.1 * 1e-3, rel=1e-5)  # first step: buf = clipped g
@@ -325,7 +452,9 @@ def test_masked_wrapper_masks_final_updates_and_momentum_of_any_inner():
     masks = _masks(params)
     g = _grads(5, seed=15)
     # an inner transform that adds noise everywhere: only the final masking keeps entries fixed
-    tx = optim.masked(optax.chain(optim.sgd(0.1, 0.9, weight_decay=1e-2), optax.add_noise(0.1, 0.0, key=0)))
+    tx = optim.masked(
+        optax.chain(optim.sgd(0.1, 0.9, weight_decay=1e-2), optax.add_noise(0.1, 0.0, key=0))
+    )
     state = tx.init(params)
     p = params
     for gi in g:
@@ -341,18 +470,34 @@ def test_masked_wrapper_masks_final_updates_and_momentum_of_any_inner():
 
 def test_make_optimizer_reads_the_project_nested_config():
     import ml_collections
+
     cfg = ml_collections.ConfigDict()
-    cfg.optimizer = ml_collections.ConfigDict(dict(
-        lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4, schedule="multistep",
-        milestones=(2, 4), gamma=0.5, warmup_epochs=0))
+    cfg.optimizer = ml_collections.ConfigDict(
+        dict(
+            lr=0.1,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=5e-4,
+            schedule="multistep",
+            milestones=(2, 4),
+            gamma=0.5,
+            warmup_epochs=0,
+        )
+    )
     cfg.train = ml_collections.ConfigDict(dict(num_epochs=6))
     spe = 3
     s = optim.schedule_from_config(cfg, steps_per_epoch=spe)
     assert [float(s(i)) for i in (5, 6, 11, 12)] == pytest.approx([0.1, 0.05, 0.05, 0.025])
     params, grads = _params(16), _grads(20, seed=17)
     out, _ = _run_jax(optim.make_optimizer(cfg, steps_per_epoch=spe), params, grads)
-    explicit = optim.make_optimizer(steps_per_epoch=spe, learning_rate=0.1, weight_decay=5e-4,
-                                    lr_schedule="multistep", lr_boundaries=(2, 4), lr_gamma=0.5)
+    explicit = optim.make_optimizer(
+        steps_per_epoch=spe,
+        learning_rate=0.1,
+        weight_decay=5e-4,
+        lr_schedule="multistep",
+        lr_boundaries=(2, 4),
+        lr_gamma=0.5,
+    )
     ref, _ = _run_jax(explicit, params, grads)
     for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
         np.testing.assert_array_equal(a, b)

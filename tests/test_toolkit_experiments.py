@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "experiments")
+EXPERIMENTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"
+)
 sys.path.insert(0, EXPERIMENTS)
 
 import consistency_study as cs  # noqa: E402
@@ -42,8 +43,16 @@ def test_sparse_net_keeps_base_count():
 
 
 def test_noise_scale_sweep_smoke(data, tmp_path):
-    rec = nss.sweep([8, 16], [64], [0.5, 5.0], param="ntk", sparse_base=8, epochs=1, data=data,
-                    log=lambda *_: None)
+    rec = nss.sweep(
+        [8, 16],
+        [64],
+        [0.5, 5.0],
+        param="ntk",
+        sparse_base=8,
+        epochs=1,
+        data=data,
+        log=lambda *_: None,
+    )
     assert len(rec) == 3 * 2  # dense 8, dense 16, sparse 16
     for r in rec:
         assert r["noise_scale"] == pytest.approx(r["lr"] / (64 * 0.1 * 1.0))
@@ -56,8 +65,16 @@ def test_noise_scale_sweep_smoke(data, tmp_path):
 
 @pytest.mark.slow  # ~1 min on 2 busy cores (one compile per width and setting)
 def test_consistency_study_smoke(data):
-    res = cs.study([8, 16], base_width=8, settings=(("standard", False), ("mup", False)),
-                   epochs=1, ensemble_k=2, data=data, n_probe=128, log=lambda *_: None)
+    res = cs.study(
+        [8, 16],
+        base_width=8,
+        settings=(("standard", False), ("mup", False)),
+        epochs=1,
+        ensemble_k=2,
+        data=data,
+        n_probe=128,
+        log=lambda *_: None,
+    )
     rows = {(r["param"], r["width"]): r for r in res["rows"]}
     for param in ("standard", "mup"):
         widest = rows[(param, 16)]
@@ -65,9 +82,11 @@ def test_consistency_study_smoke(data):
         assert widest["cka_vs_widest"] == pytest.approx(1.0)
         assert widest["sharpness"] > 0
     # At the base width μP is SP: identical loss curves.
-    np.testing.assert_array_equal(res["curves"][("standard", False)][8],
-                                  res["curves"][("mup", False)][8])
-    assert not np.array_equal(res["curves"][("standard", False)][16],
-                              res["curves"][("mup", False)][16])
+    np.testing.assert_array_equal(
+        res["curves"][("standard", False)][8], res["curves"][("mup", False)][8]
+    )
+    assert not np.array_equal(
+        res["curves"][("standard", False)][16], res["curves"][("mup", False)][16]
+    )
     e = res["ensemble"][("mup", False)]
     assert set(e["ensemble_acc"]) == {1, 2}

@@ -22,137 +22,157 @@ from typing import Any, Mapping
 import jax
 import orbax.checkpoint as ocp
 
-CHECKPOINT_DIR = 'checkpoints'
-CONFIG_FILE = 'config.json'
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.json"
 
 
 class CheckpointMismatchError(ValueError):
-  """The workdir holds a checkpoint of a different run (other width, masks, data...)."""
+    """The workdir holds a checkpoint of a different run (other width, masks, data...)."""
 
 
 def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-  """Lists 'key: saved X, now Y' for every fingerprint entry that differs."""
-  keys = sorted(set(saved) | set(current))
-  return [f'{k}: checkpoint has {saved.get(k)!r}, this config has {current.get(k)!r}'
-          for k in keys if saved.get(k) != current.get(k)]
+    """Lists 'key: saved X, now Y' for every fingerprint entry that differs."""
+    keys = sorted(set(saved) | set(current))
+    return [
+        f"{k}: checkpoint has {saved.get(k)!r}, this config has {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
 
 
 class Checkpointer:
-  """Thin wrapper around ``ocp.CheckpointManager`` for one run's workdir.
-
-  Args:
-    workdir: the run directory; checkpoints go to ``workdir/checkpoints``.
-    fingerprint: JSON-able dict of everything that must match to resume (model, width,
-      masks seed, dataset, ...). A checkpoint with a different fingerprint is refused.
-    max_to_keep: number of checkpoints kept on disk.
-  """
-
-  def __init__(self, workdir: str, fingerprint: Mapping[str, Any], max_to_keep: int = 2):
-    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-    self.fingerprint = dict(fingerprint)
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        item_names=('state', 'meta'))
-
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
-
-  def read_meta(self, step: int | None = None) -> dict | None:
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return None
-    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return dict(restored['meta'])
-
-  def check_compatible(self) -> None:
-    """Raises CheckpointMismatchError if the latest checkpoint belongs to another run."""
-    meta = self.read_meta()
-    if meta is None:
-      return
-    diffs = fingerprint_differences(meta.get('fingerprint', {}), self.fingerprint)
-    if diffs:
-      raise CheckpointMismatchError(
-          f'the checkpoint in {self.directory} (step {self.latest_step()}) was written by a '
-          'different run; refusing to resume it. Differences:\n  ' + '\n  '.join(diffs) +
-          '\nUse a new --workdir, or the original config.')
-
-  def restore(self, abstract_state: Any) -> tuple[Any, dict] | None:
-    """Restores the latest checkpoint into the structure of ``abstract_state``.
+    """Thin wrapper around ``ocp.CheckpointManager`` for one run's workdir.
 
     Args:
-      abstract_state: a pytree of ``jax.ShapeDtypeStruct`` (or arrays) with the saved
-        structure (``TrainState`` as a state dict).
-    Returns:
-      ``(state, meta)`` or None when the workdir has no checkpoint.
+      workdir: the run directory; checkpoints go to ``workdir/checkpoints``.
+      fingerprint: JSON-able dict of everything that must match to resume (model, width,
+        masks seed, dataset, ...). A checkpoint with a different fingerprint is refused.
+      max_to_keep: number of checkpoints kept on disk.
     """
-    step = self.latest_step()
-    if step is None:
-      return None
-    self.check_compatible()
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-    try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointMismatchError(
-          f'checkpoint step {step} in {self.directory} does not match this run\'s state '
-          f'structure (corrupt, or written by another version): {e}') from e
-    return restored['state'], dict(restored['meta'])
 
-  def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
-    """Saves ``state`` (host pytree) and ``meta`` (JSON-able) at ``step``; blocks until written."""
-    meta = dict(meta, fingerprint=self.fingerprint, step=int(step))
-    self._manager.save(int(step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
-    self._manager.wait_until_finished()
+    def __init__(self, workdir: str, fingerprint: Mapping[str, Any], max_to_keep: int = 2):
+        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+        self.fingerprint = dict(fingerprint)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            item_names=("state", "meta"),
+        )
 
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def read_meta(self, step: int | None = None) -> dict | None:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def check_compatible(self) -> None:
+        """Raises CheckpointMismatchError if the latest checkpoint belongs to another run."""
+        meta = self.read_meta()
+        if meta is None:
+            return
+        diffs = fingerprint_differences(meta.get("fingerprint", {}), self.fingerprint)
+        if diffs:
+            raise CheckpointMismatchError(
+                f"the checkpoint in {self.directory} (step {self.latest_step()}) was written by a "
+                "different run; refusing to resume it. Differences:\n  "
+                + "\n  ".join(diffs)
+                + "\nUse a new --workdir, or the original config."
+            )
+
+    def restore(self, abstract_state: Any) -> tuple[Any, dict] | None:
+        """Restores the latest checkpoint into the structure of ``abstract_state``.
+
+        Args:
+          abstract_state: a pytree of ``jax.ShapeDtypeStruct`` (or arrays) with the saved
+            structure (``TrainState`` as a state dict).
+        Returns:
+          ``(state, meta)`` or None when the workdir has no checkpoint.
+        """
+        step = self.latest_step()
+        if step is None:
+            return None
+        self.check_compatible()
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+        try:
+            restored = self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} does not match this run's state "
+                f"structure (corrupt, or written by another version): {e}"
+            ) from e
+        return restored["state"], dict(restored["meta"])
+
+    def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
+        """Saves ``state`` (host pytree) and ``meta`` (JSON-able) at ``step``; blocks until written."""
+        meta = dict(meta, fingerprint=self.fingerprint, step=int(step))
+        self._manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
 
 
 def write_config(workdir: str, config_dict: Mapping[str, Any]) -> None:
-  """Writes the resolved config as JSON beside the checkpoints (process 0 only)."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(config_dict, f, indent=2, sort_keys=True, default=list)
-  os.replace(tmp, path)
+    """Writes the resolved config as JSON beside the checkpoints (process 0 only)."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, CONFIG_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(config_dict, f, indent=2, sort_keys=True, default=list)
+    os.replace(tmp, path)
 
 
 def read_config(workdir: str):
-  """Reads the config a run wrote into its workdir, as a ConfigDict."""
-  import ml_collections
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir!r} the workdir of a training run?')
-  with open(path) as f:
-    d = json.load(f)
-  for key in ('milestones', 'dense_layers'):
-    for section in d.values():
-      if isinstance(section, dict) and isinstance(section.get(key), list):
-        section[key] = tuple(section[key])
-  return ml_collections.ConfigDict(d)
+    """Reads the config a run wrote into its workdir, as a ConfigDict."""
+    import ml_collections
+
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a training run?")
+    with open(path) as f:
+        d = json.load(f)
+    for key in ("milestones", "dense_layers"):
+        for section in d.values():
+            if isinstance(section, dict) and isinstance(section.get(key), list):
+                section[key] = tuple(section[key])
+    return ml_collections.ConfigDict(d)
 
 
 def load_variables(workdir: str, step: int | None = None):
-  """Loads a finished (or running) run's model variables and masks from its workdir.
+    """Loads a finished (or running) run's model variables and masks from its workdir.
 
-  Returns:
-    ``(variables, masks, config)``: ``variables = {'params', 'batch_stats'}`` as numpy
-    pytrees, ``masks`` the keep-mask pytree (bool / None), ``config`` the run's ConfigDict.
-  """
-  from widesparse_jax import train  # local import: train imports this module
-  config = read_config(workdir)
-  abstract = train.abstract_state_dict(config)
-  ckpt = Checkpointer(workdir, fingerprint=train.run_fingerprint(config))
-  if step is not None and step != ckpt.latest_step():
-    raise ValueError(f'step={step} is not the latest checkpoint ({ckpt.latest_step()}) of {workdir}')
-  restored = ckpt.restore(abstract)
-  ckpt.close()
-  if restored is None:
-    raise FileNotFoundError(f'no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}')
-  state, _ = restored
-  return {'params': state['params'], 'batch_stats': state['batch_stats']}, state['masks'], config
+    Returns:
+      ``(variables, masks, config)``: ``variables = {'params', 'batch_stats'}`` as numpy
+      pytrees, ``masks`` the keep-mask pytree (bool / None), ``config`` the run's ConfigDict.
+    """
+    from widesparse_jax import train  # local import: train imports this module
+
+    config = read_config(workdir)
+    abstract = train.abstract_state_dict(config)
+    ckpt = Checkpointer(workdir, fingerprint=train.run_fingerprint(config))
+    if step is not None and step != ckpt.latest_step():
+        raise ValueError(
+            f"step={step} is not the latest checkpoint ({ckpt.latest_step()}) of {workdir}"
+        )
+    restored = ckpt.restore(abstract)
+    ckpt.close()
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}")
+    state, _ = restored
+    return {"params": state["params"], "batch_stats": state["batch_stats"]}, state["masks"], config

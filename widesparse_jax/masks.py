@@ -70,18 +70,38 @@ METHODS = ("paper", "uniform", "erk", "explicit")
 GRANULARITIES = ("weight", "kernel")
 
 __all__ = [
-    "LayerPlan", "MaskPlan", "METHODS", "GRANULARITIES",
-    "is_counted", "path_name", "counted_paths", "insertion_order", "forward_order",
-    "paper_distribution", "uniform_distribution", "erk_distribution", "baseline_mlp_removals",
-    "make_plan", "draw_masks", "draw_layer_mask", "layer_key", "apply_masks",
-    "count_weights", "count_kept", "density_report", "format_density_report",
-    "check_masks", "rescale_for_density", "main",
+    "LayerPlan",
+    "MaskPlan",
+    "METHODS",
+    "GRANULARITIES",
+    "is_counted",
+    "path_name",
+    "counted_paths",
+    "insertion_order",
+    "forward_order",
+    "paper_distribution",
+    "uniform_distribution",
+    "erk_distribution",
+    "baseline_mlp_removals",
+    "make_plan",
+    "draw_masks",
+    "draw_layer_mask",
+    "layer_key",
+    "apply_masks",
+    "count_weights",
+    "count_kept",
+    "density_report",
+    "format_density_report",
+    "check_masks",
+    "rescale_for_density",
+    "main",
 ]
 
 
 # --------------------------------------------------------------------------------------
 # Paths and tree walking
 # --------------------------------------------------------------------------------------
+
 
 def _shape(leaf: Any) -> Optional[tuple]:
     shape = getattr(leaf, "shape", None)
@@ -115,7 +135,8 @@ def walk_leaves(tree: Any, prefix: Path = ()) -> Iterator[tuple[Path, Any]]:
 
 def _is_shape_tuple(x: Any) -> bool:
     return isinstance(x, (list, tuple)) and all(
-        isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in x)
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in x
+    )
 
 
 def map_with_path(tree: Any, fn: Callable[[Path, Any], Any], prefix: Path = ()) -> Any:
@@ -152,6 +173,7 @@ def _leaves_by_path(params: Params) -> dict[Path, Any]:
 # Forward order by tracing
 # --------------------------------------------------------------------------------------
 
+
 def _sub_jaxprs(eqn) -> list:
     subs = []
     for v in eqn.params.values():
@@ -168,9 +190,11 @@ def _first_uses(jaxpr, tracked: dict) -> dict:
     """Position (tuple, lexicographic) of the first equation that reads each tracked var."""
     found: dict = {}
     for i, eqn in enumerate(jaxpr.eqns):
-        used = [(j, v) for j, v in enumerate(eqn.invars)
-                if isinstance(v, jax.extend.core.Var) and v in tracked
-                and tracked[v] not in found]
+        used = [
+            (j, v)
+            for j, v in enumerate(eqn.invars)
+            if isinstance(v, jax.extend.core.Var) and v in tracked and tracked[v] not in found
+        ]
         if not used:
             continue
         subs = _sub_jaxprs(eqn)
@@ -190,8 +214,9 @@ def _is_array_like(x: Any) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype")
 
 
-def forward_order(fn: Callable, params: Params, *args: Any,
-                  predicate: Predicate = is_counted, **kwargs: Any) -> list[Path]:
+def forward_order(
+    fn: Callable, params: Params, *args: Any, predicate: Predicate = is_counted, **kwargs: Any
+) -> list[Path]:
     """Counted layer paths ordered by their first use in ``fn(params, *args, **kwargs)``.
 
     ``fn`` is traced with ``jax.make_jaxpr`` (no FLOPs run); ``params`` and the array-like
@@ -220,8 +245,10 @@ def forward_order(fn: Callable, params: Params, *args: Any,
     def as_struct(x):
         return jax.ShapeDtypeStruct(x.shape, x.dtype)
 
-    closed = jax.make_jaxpr(traced)([as_struct(x) if _is_array_like(x) else x for x in leaves],
-                                    [as_struct(extra[i]) for i in dyn])
+    closed = jax.make_jaxpr(traced)(
+        [as_struct(x) if _is_array_like(x) else x for x in leaves],
+        [as_struct(extra[i]) for i in dyn],
+    )
     jaxpr = closed.jaxpr
     index = {p: i for i, p in enumerate(all_paths)}
     tracked = {jaxpr.invars[index[p]]: p for p in counted}
@@ -234,6 +261,7 @@ def forward_order(fn: Callable, params: Params, *args: Any,
 # Distributions (pure integer arithmetic)
 # --------------------------------------------------------------------------------------
 
+
 def _check_removal(sizes: Sequence[int], num_to_remove: int) -> int:
     total = int(sum(sizes))
     if any(int(s) < 0 for s in sizes):
@@ -242,11 +270,15 @@ def _check_removal(sizes: Sequence[int], num_to_remove: int) -> int:
     if n != num_to_remove:
         raise ValueError(f"num_to_remove must be an integer, got {num_to_remove!r}")
     if n < 0:
-        raise ValueError(f"num_to_remove={n} is negative: the width must not be below the base "
-                         f"width (allowed: 0 <= num_to_remove <= {total})")
+        raise ValueError(
+            f"num_to_remove={n} is negative: the width must not be below the base "
+            f"width (allowed: 0 <= num_to_remove <= {total})"
+        )
     if n > total:
-        raise ValueError(f"num_to_remove={n} is larger than possible: the layers hold only "
-                         f"{total} weights (allowed: 0 <= num_to_remove <= {total})")
+        raise ValueError(
+            f"num_to_remove={n} is larger than possible: the layers hold only "
+            f"{total} weights (allowed: 0 <= num_to_remove <= {total})"
+        )
     return n
 
 
@@ -301,8 +333,9 @@ def paper_distribution(layer_sizes: Sequence[int], num_to_remove: int) -> list[i
     return out
 
 
-def _largest_remainder(floors: list[int], fracs: Sequence[Any], extra: int,
-                       caps: Sequence[int]) -> list[int]:
+def _largest_remainder(
+    floors: list[int], fracs: Sequence[Any], extra: int, caps: Sequence[int]
+) -> list[int]:
     """Adds 1 to the ``extra`` entries with the largest fractional parts (ties: first)."""
     out = list(floors)
     cand = sorted((i for i in range(len(out)) if out[i] < caps[i]), key=lambda i: -fracs[i])
@@ -360,8 +393,9 @@ def erk_distribution(layer_shapes: Sequence[Sequence[int]], num_to_remove: int) 
     return [sizes[i] - keep[i] for i in range(L)]
 
 
-def baseline_mlp_removals(fc_size: int, cl_size: int, num_to_remove: int,
-                          num_remove_cl: int = 0) -> tuple[int, int]:
+def baseline_mlp_removals(
+    fc_size: int, cl_size: int, num_to_remove: int, num_remove_cl: int = 0
+) -> tuple[int, int]:
     """The baseline MLP's split (``MLP/utils.py: get_NWTF``): ``(remove_fc, remove_cl)``.
 
     The classifier loses the chosen ``num_remove_cl`` weights (the published runs use 0,
@@ -370,12 +404,16 @@ def baseline_mlp_removals(fc_size: int, cl_size: int, num_to_remove: int,
     """
     n = _check_removal([fc_size, cl_size], num_to_remove)
     if not 0 <= num_remove_cl <= min(n, cl_size):
-        raise ValueError(f"num_remove_cl={num_remove_cl} not allowed: 0 <= num_remove_cl <= "
-                         f"min(num_to_remove={n}, cl_size={cl_size})")
+        raise ValueError(
+            f"num_remove_cl={num_remove_cl} not allowed: 0 <= num_remove_cl <= "
+            f"min(num_to_remove={n}, cl_size={cl_size})"
+        )
     fc = n - num_remove_cl
     if fc > fc_size - 1:
-        raise ValueError(f"removing {fc} of the fc layer's {fc_size} weights is not allowed "
-                         f"(the baseline keeps at least one: at most {fc_size - 1})")
+        raise ValueError(
+            f"removing {fc} of the fc layer's {fc_size} weights is not allowed "
+            f"(the baseline keeps at least one: at most {fc_size - 1})"
+        )
     return fc, num_remove_cl
 
 
@@ -383,9 +421,11 @@ def baseline_mlp_removals(fc_size: int, cl_size: int, num_to_remove: int,
 # Plans
 # --------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class LayerPlan:
     """One counted layer: ``keep`` of its ``size`` weights stay (``unit`` = removal unit)."""
+
     path: Path
     name: str
     shape: tuple
@@ -406,8 +446,7 @@ class LayerPlan:
         return self.keep == self.size
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "size": self.size,
-                "keep": self.keep}
+        return {"name": self.name, "shape": list(self.shape), "size": self.size, "keep": self.keep}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,6 +457,7 @@ class MaskPlan:
     total (dense base-width count); ``total_keep``: what the plan keeps;
     ``difference = total_keep - total_base`` (0 except possibly for kernel granularity).
     """
+
     layers: tuple
     method: str
     granularity: str
@@ -438,18 +478,27 @@ class MaskPlan:
         return {l.path: l for l in self.layers}
 
     def to_dict(self) -> dict:
-        return {"layers": [l.to_dict() for l in self.layers], "total_base": self.total_base,
-                "total_width": self.total_width, "total_keep": self.total_keep,
-                "method": self.method, "granularity": self.granularity,
-                "difference": self.difference}
+        return {
+            "layers": [l.to_dict() for l in self.layers],
+            "total_base": self.total_base,
+            "total_width": self.total_width,
+            "total_keep": self.total_keep,
+            "method": self.method,
+            "granularity": self.granularity,
+            "difference": self.difference,
+        }
 
 
 def _as_shapes(shapes_or_params: Any) -> tuple[dict, list[Path]]:
     """-> ({path: shape} of all leaves, counted paths in insertion order)."""
-    if isinstance(shapes_or_params, Mapping) and shapes_or_params and all(
-            isinstance(k, str) and _is_shape_tuple(v) for k, v in shapes_or_params.items()):
-        shapes = {tuple(k.split("/")): tuple(int(d) for d in v)
-                  for k, v in shapes_or_params.items()}
+    if (
+        isinstance(shapes_or_params, Mapping)
+        and shapes_or_params
+        and all(isinstance(k, str) and _is_shape_tuple(v) for k, v in shapes_or_params.items())
+    ):
+        shapes = {
+            tuple(k.split("/")): tuple(int(d) for d in v) for k, v in shapes_or_params.items()
+        }
         return shapes, list(shapes)
     shapes, counted = {}, []
     for p, leaf in walk_leaves(shapes_or_params):
@@ -468,8 +517,9 @@ def _unit(shape: tuple) -> int:
     return int(np.prod(shape[:-2])) if len(shape) > 2 else 1
 
 
-def _to_kernel_units(removals: list[int], sizes: list[int], units: list[int],
-                     num_to_remove: int) -> list[int]:
+def _to_kernel_units(
+    removals: list[int], sizes: list[int], units: list[int], num_to_remove: int
+) -> list[int]:
     """Rounds weight removals to whole kernels and fixes the remainder (see make_plan)."""
     group = [i for i, r in enumerate(removals) if r > 0]
     kern = [0] * len(removals)
@@ -496,11 +546,17 @@ def _to_kernel_units(removals: list[int], sizes: list[int], units: list[int],
     return [k * u for k, u in zip(kern, units)]
 
 
-def make_plan(shapes_or_params: Any, order: Optional[Sequence[Union[Path, str]]] = None, *,
-              base_total: Optional[int] = None, num_to_remove: Optional[int] = None,
-              method: str = "paper", granularity: str = "weight",
-              dense_layers: Iterable[Union[Path, str]] = (),
-              removals: Optional[Mapping[str, int]] = None) -> MaskPlan:
+def make_plan(
+    shapes_or_params: Any,
+    order: Optional[Sequence[Union[Path, str]]] = None,
+    *,
+    base_total: Optional[int] = None,
+    num_to_remove: Optional[int] = None,
+    method: str = "paper",
+    granularity: str = "weight",
+    dense_layers: Iterable[Union[Path, str]] = (),
+    removals: Optional[Mapping[str, int]] = None,
+) -> MaskPlan:
     """Plans how many weights each counted layer keeps.
 
     Args:
@@ -524,8 +580,9 @@ def make_plan(shapes_or_params: Any, order: Optional[Sequence[Union[Path, str]]]
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     if granularity not in GRANULARITIES:
-        raise ValueError(f"unknown granularity {granularity!r}; allowed: "
-                         f"{', '.join(GRANULARITIES)}")
+        raise ValueError(
+            f"unknown granularity {granularity!r}; allowed: {', '.join(GRANULARITIES)}"
+        )
     shapes, counted = _as_shapes(shapes_or_params)
     if order is None:
         paths = counted
@@ -534,9 +591,11 @@ def make_plan(shapes_or_params: Any, order: Optional[Sequence[Union[Path, str]]]
         missing = [path_name(p) for p in counted if p not in set(paths)]
         extra = [path_name(p) for p in paths if p not in set(counted)]
         if missing or extra or len(set(paths)) != len(paths):
-            raise ValueError(f"order must list each counted layer once; missing: {missing}, "
-                             f"not counted / unknown: {extra}, "
-                             f"duplicates: {len(paths) - len(set(paths))}")
+            raise ValueError(
+                f"order must list each counted layer once; missing: {missing}, "
+                f"not counted / unknown: {extra}, "
+                f"duplicates: {len(paths) - len(set(paths))}"
+            )
     layer_shapes = [shapes[p] for p in paths]
     sizes = [int(np.prod(s)) for s in layer_shapes]
     total = sum(sizes)
@@ -544,26 +603,34 @@ def make_plan(shapes_or_params: Any, order: Optional[Sequence[Union[Path, str]]]
         raise ValueError("give exactly one of base_total and num_to_remove")
     if base_total is not None:
         if base_total > total:
-            raise ValueError(f"base_total={base_total} exceeds the {total} weights of this "
-                             f"net: the width is below the base width (allowed: "
-                             f"0 <= base_total <= {total})")
+            raise ValueError(
+                f"base_total={base_total} exceeds the {total} weights of this "
+                f"net: the width is below the base width (allowed: "
+                f"0 <= base_total <= {total})"
+            )
         n = total - int(base_total)
     else:
         n = int(num_to_remove)
     # A dense layer is named by its kernel path ('cl/kernel') or its module path ('cl').
     path_set = set(paths)
-    dense = {q if q in path_set or q + ("kernel",) not in path_set else q + ("kernel",)
-             for q in (_as_path(p) for p in dense_layers)}
+    dense = {
+        q if q in path_set or q + ("kernel",) not in path_set else q + ("kernel",)
+        for q in (_as_path(p) for p in dense_layers)
+    }
     unknown = [path_name(p) for p in dense if p not in path_set]
     if unknown:
-        raise ValueError(f"dense_layers {unknown} are not counted layers; allowed: "
-                         f"{[path_name(p) for p in paths]}")
+        raise ValueError(
+            f"dense_layers {unknown} are not counted layers; allowed: "
+            f"{[path_name(p) for p in paths]}"
+        )
     free = [i for i, p in enumerate(paths) if p not in dense]
     free_sizes = [sizes[i] for i in free]
     if n < 0 or n > sum(free_sizes):
-        raise ValueError(f"cannot remove {n} weights: allowed 0..{sum(free_sizes)} (the "
-                         f"sparsifiable layers hold {sum(free_sizes)} weights; a negative "
-                         f"number means the width is below the base width)")
+        raise ValueError(
+            f"cannot remove {n} weights: allowed 0..{sum(free_sizes)} (the "
+            f"sparsifiable layers hold {sum(free_sizes)} weights; a negative "
+            f"number means the width is below the base width)"
+        )
     if method == "paper":
         rem_free = paper_distribution(free_sizes, n)
     elif method == "uniform":
@@ -580,8 +647,7 @@ def make_plan(shapes_or_params: Any, order: Optional[Sequence[Union[Path, str]]]
         rem_free = [int(removals.get(path_name(paths[i]), 0)) for i in free]
         for i, r in zip(free, rem_free):
             if not 0 <= r <= sizes[i]:
-                raise ValueError(f"removals[{path_name(paths[i])!r}]={r}; allowed "
-                                 f"0..{sizes[i]}")
+                raise ValueError(f"removals[{path_name(paths[i])!r}]={r}; allowed 0..{sizes[i]}")
         if sum(rem_free) != n:
             raise ValueError(f"explicit removals sum to {sum(rem_free)}, expected {n}")
     removal = [0] * len(paths)
@@ -590,15 +656,24 @@ def make_plan(shapes_or_params: Any, order: Optional[Sequence[Union[Path, str]]]
     units = [_unit(s) if granularity == "kernel" else 1 for s in layer_shapes]
     if granularity == "kernel":
         removal = _to_kernel_units(removal, sizes, units, n)
-    layers = tuple(LayerPlan(path=p, name=path_name(p), shape=s, size=sz, keep=sz - r, unit=u)
-                   for p, s, sz, r, u in zip(paths, layer_shapes, sizes, removal, units))
-    return MaskPlan(layers=layers, method=method, granularity=granularity, total_width=total,
-                    total_base=total - n, total_keep=sum(l.keep for l in layers))
+    layers = tuple(
+        LayerPlan(path=p, name=path_name(p), shape=s, size=sz, keep=sz - r, unit=u)
+        for p, s, sz, r, u in zip(paths, layer_shapes, sizes, removal, units)
+    )
+    return MaskPlan(
+        layers=layers,
+        method=method,
+        granularity=granularity,
+        total_width=total,
+        total_base=total - n,
+        total_keep=sum(l.keep for l in layers),
+    )
 
 
 # --------------------------------------------------------------------------------------
 # Drawing masks
 # --------------------------------------------------------------------------------------
+
 
 def layer_key(key: Any, name: Union[Path, str]) -> jax.Array:
     """``fold_in(key, crc32(name))``: the layer's own key, independent of other layers."""
@@ -608,8 +683,13 @@ def layer_key(key: Any, name: Union[Path, str]) -> jax.Array:
 
 
 def _numpy_rng(key: jax.Array) -> np.random.Generator:
-    data = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-                      else key).astype(np.uint32).ravel()
+    data = (
+        np.asarray(
+            jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        )
+        .astype(np.uint32)
+        .ravel()
+    )
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(data.tolist())))
 
 
@@ -651,8 +731,9 @@ def draw_layer_mask(key: Any, layer: LayerPlan) -> Optional[np.ndarray]:
     return _exact_subset(rng, layer.size, layer.keep).reshape(layer.shape)
 
 
-def draw_masks(key: Any, params: Params, plan: MaskPlan, *,
-               num_threads: Optional[int] = None) -> Params:
+def draw_masks(
+    key: Any, params: Params, plan: MaskPlan, *, num_threads: Optional[int] = None
+) -> Params:
     """Random keep-masks for ``params`` following ``plan`` (see module doc).
 
     Args:
@@ -669,16 +750,19 @@ def draw_masks(key: Any, params: Params, plan: MaskPlan, *,
         if lp.path not in leaves:
             raise ValueError(f"plan layer {lp.name!r} not found in params")
         if _shape(leaves[lp.path]) != lp.shape:
-            raise ValueError(f"plan layer {lp.name!r} has shape {lp.shape}, params have "
-                             f"{_shape(leaves[lp.path])}")
+            raise ValueError(
+                f"plan layer {lp.name!r} has shape {lp.shape}, params have "
+                f"{_shape(leaves[lp.path])}"
+            )
     if isinstance(key, (int, np.integer)):
         key = jax.random.key(int(key))
     todo = [lp for lp in plan.layers if not lp.dense]
     workers = num_threads or min(len(todo), os.cpu_count() or 1) or 1
     if workers > 1:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            drawn = dict(zip([lp.path for lp in todo],
-                             pool.map(lambda lp: draw_layer_mask(key, lp), todo)))
+            drawn = dict(
+                zip([lp.path for lp in todo], pool.map(lambda lp: draw_layer_mask(key, lp), todo))
+            )
     else:
         drawn = {lp.path: draw_layer_mask(key, lp) for lp in todo}
 
@@ -696,6 +780,7 @@ def draw_masks(key: Any, params: Params, plan: MaskPlan, *,
 # Using masks
 # --------------------------------------------------------------------------------------
 
+
 def _pairs(params: Params, masks: Params) -> Iterator[tuple[Path, Any, Any]]:
     m = _leaves_by_path(masks)
     for p, leaf in walk_leaves(params):
@@ -708,18 +793,22 @@ def check_masks(params: Params, masks: Params, predicate: Predicate = is_counted
     missing = [path_name(p) for p in pl if p not in ml]
     extra = [path_name(p) for p in ml if p not in pl]
     if missing or extra:
-        raise ValueError(f"mask structure differs from params: missing in masks {missing}, "
-                         f"not in params {extra}")
+        raise ValueError(
+            f"mask structure differs from params: missing in masks {missing}, not in params {extra}"
+        )
     for p, leaf in pl.items():
         m = ml[p]
         if m is None:
             continue
         if not predicate(p, leaf):
-            raise ValueError(f"mask for {path_name(p)!r} must be None (only counted kernels "
-                             f"may be masked), got shape {_shape(m)}")
+            raise ValueError(
+                f"mask for {path_name(p)!r} must be None (only counted kernels "
+                f"may be masked), got shape {_shape(m)}"
+            )
         if _shape(m) != _shape(leaf):
-            raise ValueError(f"mask shape {_shape(m)} != param shape {_shape(leaf)} at "
-                             f"{path_name(p)!r}")
+            raise ValueError(
+                f"mask shape {_shape(m)} != param shape {_shape(leaf)} at {path_name(p)!r}"
+            )
         if np.dtype(m.dtype) != np.bool_:
             raise ValueError(f"mask at {path_name(p)!r} has dtype {m.dtype}; allowed: bool")
 
@@ -731,6 +820,7 @@ def apply_masks(params: Params, masks: Params) -> Params:
     def f(p, leaf):
         mk = m.get(p)
         return leaf if mk is None else jnp.where(mk, leaf, jnp.zeros((), leaf.dtype))
+
     return map_with_path(params, f)
 
 
@@ -748,23 +838,32 @@ def count_kept(masks: Params, params: Params, predicate: Predicate = is_counted)
     return total
 
 
-def density_report(params: Params, masks: Params,
-                   order: Optional[Sequence[Union[Path, str]]] = None,
-                   predicate: Predicate = is_counted) -> list[dict]:
+def density_report(
+    params: Params,
+    masks: Params,
+    order: Optional[Sequence[Union[Path, str]]] = None,
+    predicate: Predicate = is_counted,
+) -> list[dict]:
     """Per counted layer (in ``order``, default insertion order): name, shape, size, kept,
     density."""
     leaves = _leaves_by_path(params)
     m = _leaves_by_path(masks)
-    paths = [_as_path(p) for p in order] if order is not None else counted_paths(params,
-                                                                                 predicate)
+    paths = [_as_path(p) for p in order] if order is not None else counted_paths(params, predicate)
     rows = []
     for p in paths:
         shape = _shape(leaves[p])
         size = int(np.prod(shape))
         mk = m.get(p)
         kept = size if mk is None else int(np.count_nonzero(mk))
-        rows.append({"name": path_name(p), "shape": list(shape), "size": size, "kept": kept,
-                     "density": kept / size if size else 1.0})
+        rows.append(
+            {
+                "name": path_name(p),
+                "shape": list(shape),
+                "size": size,
+                "kept": kept,
+                "density": kept / size if size else 1.0,
+            }
+        )
     return rows
 
 
@@ -773,12 +872,15 @@ def format_density_report(report: Sequence[dict]) -> str:
     w = max([len(r["name"]) for r in report] + [5])
     lines = [f"{'layer':<{w}}  {'shape':<22} {'size':>12} {'kept':>12} {'density':>8}"]
     for r in report:
-        lines.append(f"{r['name']:<{w}}  {str(tuple(r['shape'])):<22} {r['size']:>12} "
-                     f"{r['kept']:>12} {r['density']:>8.4f}")
+        lines.append(
+            f"{r['name']:<{w}}  {str(tuple(r['shape'])):<22} {r['size']:>12} "
+            f"{r['kept']:>12} {r['density']:>8.4f}"
+        )
     size = sum(r["size"] for r in report)
     kept = sum(r["kept"] for r in report)
-    lines.append(f"{'total':<{w}}  {'':<22} {size:>12} {kept:>12} "
-                 f"{(kept / size if size else 1.0):>8.4f}")
+    lines.append(
+        f"{'total':<{w}}  {'':<22} {size:>12} {kept:>12} {(kept / size if size else 1.0):>8.4f}"
+    )
     return "\n".join(lines)
 
 
@@ -799,13 +901,15 @@ def rescale_for_density(params: Params, masks: Params) -> Params:
 
     def f(p, leaf):
         if p in scale:
-            return jnp.where(m[p], leaf * jnp.asarray(scale[p], leaf.dtype),
-                             jnp.zeros((), leaf.dtype))
+            return jnp.where(
+                m[p], leaf * jnp.asarray(scale[p], leaf.dtype), jnp.zeros((), leaf.dtype)
+            )
         if p and p[-1] == "bias":
             kp = p[:-1] + ("kernel",)
             if kp in scale and scale[kp] > 0:
                 return leaf * jnp.asarray(scale[kp], leaf.dtype)
         return leaf
+
     return map_with_path(params, f)
 
 
@@ -813,14 +917,16 @@ def rescale_for_density(params: Params, masks: Params) -> Params:
 # CLI
 # --------------------------------------------------------------------------------------
 
+
 def _model_shapes(model_name: str, width: int, num_classes: int, stem: str, input_dim: int):
     """(params shapes, other variable shapes, input struct) from ``jax.eval_shape``."""
     from widesparse_jax.models import create_model, input_shape  # lazy: keeps masks Flax-free
+
     model = create_model(model_name, width, num_classes, stem=stem, input_dim=input_dim)
-    x = jax.ShapeDtypeStruct((1,) + tuple(input_shape(model_name, stem=stem,
-                                                      input_dim=input_dim)), jnp.float32)
-    variables = jax.eval_shape(lambda k, xx: model.init(k, xx, train=False),
-                               jax.random.key(0), x)
+    x = jax.ShapeDtypeStruct(
+        (1,) + tuple(input_shape(model_name, stem=stem, input_dim=input_dim)), jnp.float32
+    )
+    variables = jax.eval_shape(lambda k, xx: model.init(k, xx, train=False), jax.random.key(0), x)
     variables = dict(variables)
     params = variables.pop("params")
     return model, params, variables, x
@@ -832,22 +938,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Prints the plan as JSON: layers in forward order (name, shape, size, keep), totals,
     method, granularity, difference. Builds parameter shapes only.
     """
-    ap = argparse.ArgumentParser(prog="python -m widesparse_jax.masks",
-                                 description="Per-layer sparsity plan of a wide sparse net.")
+    ap = argparse.ArgumentParser(
+        prog="python -m widesparse_jax.masks",
+        description="Per-layer sparsity plan of a wide sparse net.",
+    )
     ap.add_argument("--model", required=True, help="resnet18 | mlp (see widesparse_jax.models)")
     ap.add_argument("--stem", default="cifar", help="resnet stem: cifar | imagenet")
     ap.add_argument("--num-classes", type=int, default=10)
     ap.add_argument("--input-dim", type=int, default=784, help="MLP input dimension")
     ap.add_argument("--width", type=int, required=True)
-    ap.add_argument("--base-width", type=int, default=None,
-                    help="dense base width whose weight count is kept (default: dense net)")
+    ap.add_argument(
+        "--base-width",
+        type=int,
+        default=None,
+        help="dense base width whose weight count is kept (default: dense net)",
+    )
     ap.add_argument("--method", default="paper", help=f"one of {', '.join(METHODS[:3])}")
     ap.add_argument("--granularity", default="weight", help="weight | kernel")
-    ap.add_argument("--dense-layers", default="",
-                    help="comma-separated layer names kept dense, e.g. cl/kernel")
+    ap.add_argument(
+        "--dense-layers", default="", help="comma-separated layer names kept dense, e.g. cl/kernel"
+    )
     ap.add_argument("--seed", type=int, default=0, help="mask seed (used with --draw)")
-    ap.add_argument("--draw", action="store_true",
-                    help="also draw the masks and report the kept count per layer")
+    ap.add_argument(
+        "--draw",
+        action="store_true",
+        help="also draw the masks and report the kept count per layer",
+    )
     a = ap.parse_args(argv)
     if a.method not in METHODS[:3]:
         ap.error(f"--method {a.method!r} unknown; allowed: {', '.join(METHODS[:3])}")
@@ -855,24 +971,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ap.error(f"--granularity {a.granularity!r} unknown; allowed: {', '.join(GRANULARITIES)}")
     base_width = a.width if a.base_width is None else a.base_width
     if base_width > a.width:
-        ap.error(f"--width {a.width} is below --base-width {base_width} (allowed: "
-                 f"width >= base width)")
+        ap.error(
+            f"--width {a.width} is below --base-width {base_width} (allowed: width >= base width)"
+        )
     if base_width < 1:
         ap.error(f"--base-width {base_width} must be >= 1")
-    model, params, others, x = _model_shapes(a.model, a.width, a.num_classes, a.stem,
-                                             a.input_dim)
-    order = forward_order(lambda p, o, xx: model.apply({"params": p, **o}, xx, train=False),
-                          params, others, x)
+    model, params, others, x = _model_shapes(a.model, a.width, a.num_classes, a.stem, a.input_dim)
+    order = forward_order(
+        lambda p, o, xx: model.apply({"params": p, **o}, xx, train=False), params, others, x
+    )
     if base_width == a.width:
         base_total = count_weights(params)
     else:
-        _, base_params, _, _ = _model_shapes(a.model, base_width, a.num_classes, a.stem,
-                                             a.input_dim)
+        _, base_params, _, _ = _model_shapes(
+            a.model, base_width, a.num_classes, a.stem, a.input_dim
+        )
         base_total = count_weights(base_params)
     dense = [d for d in a.dense_layers.split(",") if d]
     try:
-        plan = make_plan(params, order, base_total=base_total, method=a.method,
-                         granularity=a.granularity, dense_layers=dense)
+        plan = make_plan(
+            params,
+            order,
+            base_total=base_total,
+            method=a.method,
+            granularity=a.granularity,
+            dense_layers=dense,
+        )
     except ValueError as e:
         ap.error(str(e))
     out = plan.to_dict()

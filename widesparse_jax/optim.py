@@ -127,15 +127,22 @@ def make_schedule(
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
     base_lr = _check_nonneg("base_lr (learning rate)", base_lr)
-    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, (int, np.integer)) or warmup_epochs < 0:
+    if (
+        isinstance(warmup_epochs, bool)
+        or not isinstance(warmup_epochs, (int, np.integer))
+        or warmup_epochs < 0
+    ):
         raise ValueError(f"warmup_epochs must be an integer >= 0, got {warmup_epochs!r}")
     warmup_epochs = int(warmup_epochs)
     if per_step and name != "cosine":
-        raise ValueError(f"per_step=True applies only to the 'cosine' schedule, got schedule {name!r}")
+        raise ValueError(
+            f"per_step=True applies only to the 'cosine' schedule, got schedule {name!r}"
+        )
     if name != "constant" or warmup_epochs > 0:
         steps_per_epoch = _check_pos_int("steps_per_epoch", steps_per_epoch)
 
     if name == "constant":
+
         def main(step):
             return jnp.full((), base_lr, jnp.float32)
 
@@ -146,7 +153,9 @@ def make_schedule(
         try:
             bounds = tuple(boundaries)
         except TypeError:
-            raise ValueError(f"boundaries must be a sequence of epochs, got {boundaries!r}") from None
+            raise ValueError(
+                f"boundaries must be a sequence of epochs, got {boundaries!r}"
+            ) from None
         for b in bounds:
             if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
                 raise ValueError(f"boundaries must be positive integer epochs, got {bounds!r}")
@@ -154,7 +163,8 @@ def make_schedule(
             raise ValueError(f"boundaries must be strictly increasing, got {bounds!r}")
         if bounds and bounds[0] < warmup_epochs:
             raise ValueError(
-                f"boundaries {bounds!r} start before the end of warmup (warmup_epochs={warmup_epochs})")
+                f"boundaries {bounds!r} start before the end of warmup (warmup_epochs={warmup_epochs})"
+            )
         # lr values computed in float64 like torch's python-float lr, then rounded once.
         values = np.array([base_lr * gamma**k for k in range(len(bounds) + 1)], np.float32)
         bound_steps = np.array([b * steps_per_epoch for b in bounds], np.int32)
@@ -166,7 +176,9 @@ def make_schedule(
     else:  # cosine
         num_epochs = _check_pos_int("num_epochs", num_epochs)
         if warmup_epochs >= num_epochs:
-            raise ValueError(f"warmup_epochs ({warmup_epochs}) must be < num_epochs ({num_epochs}) for cosine")
+            raise ValueError(
+                f"warmup_epochs ({warmup_epochs}) must be < num_epochs ({num_epochs}) for cosine"
+            )
         t_max = num_epochs - warmup_epochs
         start = warmup_epochs * steps_per_epoch
         if per_step:
@@ -177,7 +189,9 @@ def make_schedule(
                 return (0.5 * base_lr * (1.0 + jnp.cos(jnp.pi * t / total))).astype(jnp.float32)
         else:
             table = np.array(
-                [0.5 * base_lr * (1.0 + math.cos(math.pi * e / t_max)) for e in range(t_max + 1)], np.float32)
+                [0.5 * base_lr * (1.0 + math.cos(math.pi * e / t_max)) for e in range(t_max + 1)],
+                np.float32,
+            )
 
             def main(step):
                 e = jnp.clip((jnp.asarray(step) - start) // steps_per_epoch, 0, t_max)
@@ -259,9 +273,13 @@ def _aligned(tree: PyTree, other: PyTree, what: str) -> list[Any]:
     if missing or extra:
         msg = f"{what} tree does not match the params tree:"
         if missing:
-            msg += f" missing leaves {[_show(p) for p in missing[:5]]}" + (" ..." if len(missing) > 5 else "")
+            msg += f" missing leaves {[_show(p) for p in missing[:5]]}" + (
+                " ..." if len(missing) > 5 else ""
+            )
         if extra:
-            msg += f" unexpected leaves {[_show(p) for p in extra[:5]]}" + (" ..." if len(extra) > 5 else "")
+            msg += f" unexpected leaves {[_show(p) for p in extra[:5]]}" + (
+                " ..." if len(extra) > 5 else ""
+            )
         raise ValueError(msg)
     return [by_path[p] for p in paths]
 
@@ -276,14 +294,17 @@ def _mask_leaves(tree: PyTree, masks: PyTree) -> list[Any]:
         if not hasattr(m, "shape") or tuple(m.shape) != tuple(jnp.shape(x)):
             raise ValueError(
                 f"mask for {_show(_path(kp))} has shape {getattr(m, 'shape', type(m).__name__)}, "
-                f"expected the param's shape {tuple(jnp.shape(x))}")
+                f"expected the param's shape {tuple(jnp.shape(x))}"
+            )
     return leaves
 
 
 def _apply(tree: PyTree, mask_leaves: list[Any]) -> PyTree:
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    out = [x if m is None else jnp.where(jnp.asarray(m, bool), x, jnp.zeros((), x.dtype))
-           for x, m in zip(leaves, mask_leaves)]
+    out = [
+        x if m is None else jnp.where(jnp.asarray(m, bool), x, jnp.zeros((), x.dtype))
+        for x, m in zip(leaves, mask_leaves)
+    ]
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -337,8 +358,13 @@ def scale_by_lr_multipliers(
         if callable(multipliers):
             vals = [multipliers(_path(kp)) for kp, _ in flat]
         else:
-            vals = [1.0 if v is None else v for v in _aligned(updates, multipliers, "lr_multipliers")]
-        return [_check_nonneg(f"lr multiplier for {_show(_path(kp))}", v) for (kp, _), v in zip(flat, vals)]
+            vals = [
+                1.0 if v is None else v for v in _aligned(updates, multipliers, "lr_multipliers")
+            ]
+        return [
+            _check_nonneg(f"lr multiplier for {_show(_path(kp))}", v)
+            for (kp, _), v in zip(flat, vals)
+        ]
 
     def init_fn(params):
         del params
@@ -414,17 +440,26 @@ def _get(config: Any, overrides: Mapping[str, Any], name: str) -> Any:
     return _DEFAULTS[name]
 
 
-def schedule_from_config(config: Any = None, *, steps_per_epoch: int | None = None,
-                         **overrides: Any) -> optax.Schedule:
+def schedule_from_config(
+    config: Any = None, *, steps_per_epoch: int | None = None, **overrides: Any
+) -> optax.Schedule:
     """:func:`make_schedule` from config fields (see ``_DEFAULTS``); kwargs override fields."""
     unknown = set(overrides) - set(_DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown optimizer option(s) {sorted(unknown)}; allowed: {sorted(_DEFAULTS)}")
+        raise ValueError(
+            f"unknown optimizer option(s) {sorted(unknown)}; allowed: {sorted(_DEFAULTS)}"
+        )
     g = lambda n: _get(config, overrides, n)  # noqa: E731
     return make_schedule(
-        g("lr_schedule"), g("learning_rate"), steps_per_epoch=steps_per_epoch,
-        num_epochs=g("num_epochs"), boundaries=g("lr_boundaries"), gamma=g("lr_gamma"),
-        warmup_epochs=g("warmup_epochs"), per_step=bool(g("lr_per_step")))
+        g("lr_schedule"),
+        g("learning_rate"),
+        steps_per_epoch=steps_per_epoch,
+        num_epochs=g("num_epochs"),
+        boundaries=g("lr_boundaries"),
+        gamma=g("lr_gamma"),
+        warmup_epochs=g("warmup_epochs"),
+        per_step=bool(g("lr_per_step")),
+    )
 
 
 def make_optimizer(
@@ -454,10 +489,17 @@ def make_optimizer(
     """
     unknown = set(overrides) - set(_DEFAULTS)
     if unknown:
-        raise ValueError(f"unknown optimizer option(s) {sorted(unknown)}; allowed: {sorted(_DEFAULTS)}")
+        raise ValueError(
+            f"unknown optimizer option(s) {sorted(unknown)}; allowed: {sorted(_DEFAULTS)}"
+        )
     g = lambda n: _get(config, overrides, n)  # noqa: E731
     schedule = schedule_from_config(config, steps_per_epoch=steps_per_epoch, **overrides)
-    inner = sgd(schedule, momentum=g("momentum"), weight_decay=g("weight_decay"), nesterov=bool(g("nesterov")))
+    inner = sgd(
+        schedule,
+        momentum=g("momentum"),
+        weight_decay=g("weight_decay"),
+        nesterov=bool(g("nesterov")),
+    )
     if lr_multipliers is not None:
         inner = optax.chain(inner, scale_by_lr_multipliers(lr_multipliers))
     return masked(inner)
@@ -476,8 +518,10 @@ def masked_entries_are_zero(params: PyTree, opt_state: PyTree, masks: PyTree | N
         return True
     mleaves = _mask_leaves(params, masks)
     flat, _ = jax.tree_util.tree_flatten_with_path(params)
-    by_path = {_path(kp): (np.asarray(x), None if m is None else np.asarray(m, bool))
-               for (kp, x), m in zip(flat, mleaves)}
+    by_path = {
+        _path(kp): (np.asarray(x), None if m is None else np.asarray(m, bool))
+        for (kp, x), m in zip(flat, mleaves)
+    }
     for x, m in by_path.values():
         if m is not None and np.any(x[~m] != 0):
             return False
@@ -487,7 +531,11 @@ def masked_entries_are_zero(params: PyTree, opt_state: PyTree, masks: PyTree | N
             hit = by_path.get(path[-n:])
             if hit is not None:
                 x, m = hit
-                if m is not None and np.shape(leaf) == m.shape and np.any(np.asarray(leaf)[~m] != 0):
+                if (
+                    m is not None
+                    and np.shape(leaf) == m.shape
+                    and np.any(np.asarray(leaf)[~m] != 0)
+                ):
                     return False
                 break
     return True

@@ -70,8 +70,7 @@ def _probs(name: str, x: Any, from_logits: bool) -> np.ndarray:
         return softmax(a)
     if np.any(a < 0) or not np.allclose(a.sum(-1), 1.0, atol=1e-4):
         raise ValueError(
-            f"{name} must be probabilities (non-negative rows summing to 1) when "
-            "from_logits=False"
+            f"{name} must be probabilities (non-negative rows summing to 1) when from_logits=False"
         )
     return a
 
@@ -200,7 +199,9 @@ def _labels(labels: Any, n: int) -> np.ndarray:
     if y.ndim == 2:  # one-hot
         y = np.argmax(y, -1)
     if y.shape != (n,):
-        raise ValueError(f"labels must be [N] = [{n}] integers or [N, C] one-hot, got {np.shape(labels)}")
+        raise ValueError(
+            f"labels must be [N] = [{n}] integers or [N, C] one-hot, got {np.shape(labels)}"
+        )
     return y
 
 
@@ -262,7 +263,9 @@ def ensemble_vs_single(
     for k in ks:
         if int(k) != k or not 1 <= k <= len(members):
             raise ValueError(f"ensemble size {k!r} must be an integer in [1, {len(members)}]")
-    ens = {int(k): ensemble_accuracy(members[: int(k)], labels, from_logits=from_logits) for k in ks}
+    ens = {
+        int(k): ensemble_accuracy(members[: int(k)], labels, from_logits=from_logits) for k in ks
+    }
     single = accuracy(single_outputs, labels)
     member_accs = [accuracy(m, labels) for m in members]
     return {
@@ -326,7 +329,9 @@ def linear_cka(X: Any, Y: Any, *, unbiased: bool = False) -> float:
     x = _features("X", X)
     y = _features("Y", Y)
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"X and Y must have the same number of examples, got {x.shape[0]} and {y.shape[0]}")
+        raise ValueError(
+            f"X and Y must have the same number of examples, got {x.shape[0]} and {y.shape[0]}"
+        )
     if unbiased:
         K, L = x @ x.T, y @ y.T
         hxy, hxx, hyy = unbiased_hsic(K, L), unbiased_hsic(K, K), unbiased_hsic(L, L)
@@ -472,14 +477,17 @@ def _apply_masks(tree: Any, masks: Any) -> Any:
 
 def _tree_vdot(a: Any, b: Any) -> jax.Array:
     return sum(
-        (jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32)) for x, y in
-         zip(jax.tree.leaves(a), jax.tree.leaves(b))),
+        (
+            jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        ),
         jnp.float32(0.0),
     )
 
 
-def hessian_vector_product(loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any,
-                           vector: Any) -> Any:
+def hessian_vector_product(
+    loss_fn: Callable[[Any, Any], jax.Array], params: Any, batch: Any, vector: Any
+) -> Any:
     """H(params) @ vector for the Hessian of ``loss_fn(params, batch)`` w.r.t. params.
 
     Forward-over-reverse: ``jax.jvp(jax.grad(loss_fn), (params,), (vector,))``; ``vector`` has
@@ -532,7 +540,9 @@ def top_hessian_eigenvalue(
         raise ValueError("params has no arrays")
     for x in leaves:
         if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
-            raise ValueError(f"params leaves must be floating arrays, got dtype {jnp.asarray(x).dtype}")
+            raise ValueError(
+                f"params leaves must be floating arrays, got dtype {jnp.asarray(x).dtype}"
+            )
 
     n_max = int(num_iters)
     tol_f = float(tol)
@@ -571,7 +581,9 @@ def top_hessian_eigenvalue(
         raise ValueError("masks keep no weights: nothing to iterate on")
     lam = float(lam)
     if not math.isfinite(lam):
-        raise ValueError(f"Hessian-vector product is not finite (eigenvalue estimate {lam}; loss diverged?)")
+        raise ValueError(
+            f"Hessian-vector product is not finite (eigenvalue estimate {lam}; loss diverged?)"
+        )
     return HessianEigResult(eigenvalue=lam, vector=v, num_iters=int(it), converged=bool(done))
 
 

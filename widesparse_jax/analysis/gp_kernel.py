@@ -175,8 +175,9 @@ def arccos_kernel(x: jax.Array, xp_: jax.Array) -> jax.Array:
 
 
 # --------------------------------------------------------------------------- finite kernel
-def sample_sparse_first_layer(key: jax.Array, n: int, d: int, p: float,
-                              dtype=jnp.float32) -> jax.Array:
+def sample_sparse_first_layer(
+    key: jax.Array, n: int, d: int, p: float, dtype=jnp.float32
+) -> jax.Array:
     """Effective first-layer matrix U = (M * W) / sqrt(d p), shape [n, d].
 
     M ~ Bernoulli(p) per entry, W ~ N(0, 1).  p = 1 gives a dense layer.
@@ -231,13 +232,13 @@ def kappa_sq_even_coeffs(m_max: int) -> np.ndarray:
 class GPDistance(NamedTuple):
     """D = variance / n + bias, with the pieces of the closed form."""
 
-    total: np.ndarray      # D(n, p, d), same shape as n
-    variance: float        # A - B  (multiplies 1/n)
-    bias: float            # B - KK (n-independent)
-    a: float               # E[phi^2]
-    b: float               # E[phi_1 phi_2] (two independent sparse rows)
-    kk: float              # E[K^2] (= C)
-    series_error: float    # bound on the truncation error of B and KK
+    total: np.ndarray  # D(n, p, d), same shape as n
+    variance: float  # A - B  (multiplies 1/n)
+    bias: float  # B - KK (n-independent)
+    a: float  # E[phi^2]
+    b: float  # E[phi_1 phi_2] (two independent sparse rows)
+    kk: float  # E[K^2] (= C)
+    series_error: float  # bound on the truncation error of B and KK
 
 
 def _kk_term(d: int, e: np.ndarray) -> tuple[float, float]:
@@ -263,15 +264,15 @@ def _variance_bias(p: float, d: int, m_max: int, tol: float) -> tuple[float, ...
     pk1 = pk1_all[keep]
     jmax = int(k1.max())
     jj = np.arange(jmax + 1, dtype=float)
-    pj = stats.binom.pmf(jj[None, :], k1[:, None], p)            # [r, jmax+1]
+    pj = stats.binom.pmf(jj[None, :], k1[:, None], p)  # [r, jmax+1]
     bb = np.arange(d + 1, dtype=float)
-    pb = stats.binom.pmf(bb[None, :], (d - k1)[:, None], p)     # [r, d+1]
+    pb = stats.binom.pmf(bb[None, :], (d - k1)[:, None], p)  # [r, d+1]
     length = jmax + d + 1
     nfft = 1 << int(np.ceil(np.log2(length)))
     fb = np.fft.rfft(pb, nfft, axis=1)
     k2 = np.arange(length, dtype=float)
-    g = np.ones_like(pj)                       # prod_{i<m} (j/2+i)/(k1/2+i)
-    h = np.where(k2 > 0, 1.0, 0.0)             # prod_{i<m} (1/2+i)/(k2/2+i); k2 = 0 never counts
+    g = np.ones_like(pj)  # prod_{i<m} (j/2+i)/(k1/2+i)
+    h = np.where(k2 > 0, 1.0, 0.0)  # prod_{i<m} (1/2+i)/(k2/2+i); k2 = 0 never counts
     w_k1 = pk1 * k1 / (d * p) ** 2
     total = 0.0
     last = 0.0
@@ -286,7 +287,7 @@ def _variance_bias(p: float, d: int, m_max: int, tol: float) -> tuple[float, ...
             break
         g = g * (jj[None, :] / 2.0 + m) / (k1[:, None] / 2.0 + m)
         h = h * np.where(k2 > 0, (0.5 + m) / (k2 / 2.0 + m + (k2 == 0)), 0.0)
-    tail = (0.125 - float(np.sum(e[: m_used + 1]))) * last   # T_m is non-increasing in m
+    tail = (0.125 - float(np.sum(e[: m_used + 1]))) * last  # T_m is non-increasing in m
     b_term = total + 0.5 * tail
     err = 0.5 * abs(tail) + kk_err + tol * abs(total)
     return a_term - b_term, b_term - kk, a_term, b_term, kk, err
@@ -350,8 +351,12 @@ def _minimize_log_p(fun, p_lo: float, p_hi: float, grid: int = 200) -> float:
     i = int(np.argmin(vals))
     if i in (0, grid - 1):
         return float(np.exp(logs[i]))
-    res = optimize.minimize_scalar(lambda s: fun(np.exp(s)), bounds=(logs[i - 1], logs[i + 1]),
-                                   method="bounded", options={"xatol": 1e-6})
+    res = optimize.minimize_scalar(
+        lambda s: fun(np.exp(s)),
+        bounds=(logs[i - 1], logs[i + 1]),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
     return float(np.exp(res.x))
 
 
@@ -361,18 +366,23 @@ def optimal_density_paper(num_weights: float, d: int, p_min: float | None = None
     if num_weights <= 0:
         raise ValueError(f"weight count N={num_weights!r} must be > 0")
     p_lo = p_min if p_min is not None else 1e-6
-    return _minimize_log_p(lambda p: float(gp_distance_paper(num_weights / (p * d), p, d)),
-                           p_lo, 1.0)
+    return _minimize_log_p(
+        lambda p: float(gp_distance_paper(num_weights / (p * d), p, d)), p_lo, 1.0
+    )
 
 
-def optimal_density_exact(num_weights: float, d: int, p_min: float | None = None,
-                          grid: int = 60) -> float:
+def optimal_density_exact(
+    num_weights: float, d: int, p_min: float | None = None, grid: int = 60
+) -> float:
     """argmin_p of the exact D(N/(p d), p, d) for p in [p_min, 1] (default p_min = 1/d)."""
     _check_dims(d=d)
     if num_weights <= 0:
         raise ValueError(f"weight count N={num_weights!r} must be > 0")
     p_lo = p_min if p_min is not None else 1.0 / d
-    fun = lambda p: float(gp_distance_exact(num_weights / (p * d), min(p, 1.0), d).total)
+
+    def fun(p):
+        return float(gp_distance_exact(num_weights / (p * d), min(p, 1.0), d).total)
+
     return _minimize_log_p(fun, p_lo, 1.0, grid=grid)
 
 
@@ -401,8 +411,15 @@ def _mc_per_init(key, p, *, n: int, d: int, num_pairs: int, num_inits: int, chun
     return jax.lax.map(one_init, jax.random.split(key, num_inits))
 
 
-def monte_carlo_distance(key: jax.Array, n: int, p: float, d: int, num_pairs: int = 1000,
-                         num_inits: int = 10, chunk: int = 2048) -> tuple[float, float]:
+def monte_carlo_distance(
+    key: jax.Array,
+    n: int,
+    p: float,
+    d: int,
+    num_pairs: int = 1000,
+    num_inits: int = 10,
+    chunk: int = 2048,
+) -> tuple[float, float]:
     """Monte Carlo D: ``num_inits`` networks (mask + weights), each on ``num_pairs`` fresh pairs.
 
     Returns (mean, standard error); the SE is over the per-network means, which are i.i.d.
@@ -412,7 +429,19 @@ def monte_carlo_distance(key: jax.Array, n: int, p: float, d: int, num_pairs: in
     if int(n) != n:
         raise ValueError(f"Monte Carlo width n={n!r} must be an integer")
     if num_inits < 2 or num_pairs < 1:
-        raise ValueError(f"need num_inits >= 2 (got {num_inits}) and num_pairs >= 1 (got {num_pairs})")
-    per = np.asarray(_mc_per_init(key, jnp.float32(p), n=int(n), d=int(d), num_pairs=int(num_pairs),
-                                  num_inits=int(num_inits), chunk=int(min(chunk, n))), dtype=float)
+        raise ValueError(
+            f"need num_inits >= 2 (got {num_inits}) and num_pairs >= 1 (got {num_pairs})"
+        )
+    per = np.asarray(
+        _mc_per_init(
+            key,
+            jnp.float32(p),
+            n=int(n),
+            d=int(d),
+            num_pairs=int(num_pairs),
+            num_inits=int(num_inits),
+            chunk=int(min(chunk, n)),
+        ),
+        dtype=float,
+    )
     return float(per.mean()), float(per.std(ddof=1) / np.sqrt(num_inits))

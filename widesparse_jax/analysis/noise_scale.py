@@ -385,7 +385,9 @@ def best_per_noise_scale(
 
 def _sort_key(key: tuple) -> tuple:
     # Sort groups numerically where possible, else by string (mixed types never compare).
-    return tuple((0, v, "") if isinstance(v, (int, float, np.number)) else (1, 0, str(v)) for v in key)
+    return tuple(
+        (0, v, "") if isinstance(v, (int, float, np.number)) else (1, 0, str(v)) for v in key
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -636,8 +638,13 @@ def plot_acc_vs_noise_scale(
         )
         if optima is not None and key in optima:
             o = optima[key]
-            ax.plot([o.refined_noise_scale], [o.refined_acc], marker="*", markersize=12,
-                    color=line.get_color())
+            ax.plot(
+                [o.refined_noise_scale],
+                [o.refined_acc],
+                marker="*",
+                markersize=12,
+                color=line.get_color(),
+            )
     ax.set_xscale("log")
     ax.set_xlabel(r"noise scale $\bar g = \epsilon / (B(1-m)\sigma^2_{init})$")
     ax.set_ylabel("best test accuracy")
@@ -691,13 +698,24 @@ def plot_optimal_noise_scale_vs_width(
         label = _group_label(rest, rest_keys) or "optimal g"
         (line,) = ax.plot(w[~edge], g[~edge], "o", label=label)
         if edge.any():
-            ax.plot(w[edge], g[edge], "o", mfc="none", color=line.get_color(),
-                    label=f"{label} (grid edge)")
+            ax.plot(
+                w[edge],
+                g[edge],
+                "o",
+                mfc="none",
+                color=line.get_color(),
+                label=f"{label} (grid edge)",
+            )
         if fits is not None and rest in fits:
             f = fits[rest]
             ww = np.geomspace(w.min(), w.max(), 50)
-            ax.plot(ww, f.predict(ww), "-", color=line.get_color(),
-                    label=f"fit: k={f.exponent:.2f}±{f.exponent_stderr:.2f}")
+            ax.plot(
+                ww,
+                f.predict(ww),
+                "-",
+                color=line.get_color(),
+                label=f"fit: k={f.exponent:.2f}±{f.exponent_stderr:.2f}",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("width")
@@ -745,7 +763,9 @@ def markdown_table(
         "|" + "|".join(" --- " for _ in columns) + "|",
     ]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r[c], float_fmt) if c in r else "" for c in columns) + " |")
+        lines.append(
+            "| " + " | ".join(_fmt(r[c], float_fmt) if c in r else "" for c in columns) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -770,6 +790,11 @@ def optimal_noise_scale_table(
         )
         rows.append(row)
     cols = list(group_keys) + [
-        "noise_scale", "refined_noise_scale", "best_test_acc", "at_edge", "lr", "batch_size"
+        "noise_scale",
+        "refined_noise_scale",
+        "best_test_acc",
+        "at_edge",
+        "lr",
+        "batch_size",
     ]
     return markdown_table(rows, cols, float_fmt=float_fmt)

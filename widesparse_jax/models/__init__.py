@@ -67,7 +67,9 @@ def create_model(
     """
     _check_model(model)
     if model == "resnet18":
-        _check_kwargs(ResNet18, kwargs, ("width", "num_classes", "stem", "inner_dims", "bottleneck"))
+        _check_kwargs(
+            ResNet18, kwargs, ("width", "num_classes", "stem", "inner_dims", "bottleneck")
+        )
         return ResNet18(width=width, num_classes=num_classes, stem=stem, **kwargs)
     if model == "mlp":
         _check_kwargs(MLP, kwargs, ("width", "num_classes"))

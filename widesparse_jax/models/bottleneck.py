@@ -160,7 +160,9 @@ def _check_widths(width: int, base_width: int) -> None:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{nm} must be an int >= 1, got {v!r}")
     if width < base_width:
-        raise ValueError(f"width {width} is below base_width {base_width}; need width >= base_width")
+        raise ValueError(
+            f"width {width} is below base_width {base_width}; need width >= base_width"
+        )
 
 
 def _check_bottleneck(bottleneck: str) -> None:
@@ -274,12 +276,24 @@ class MLPBottleneck(nn.Module):
             ),
             dtype=self.dtype,
         )
-        h = _FactorDense(self.width, self.inner_fc, self.bottleneck == "nonlinear",
-                         self.use_bias, name="fc", **kw)(flatten(x).astype(self.dtype))
+        h = _FactorDense(
+            self.width,
+            self.inner_fc,
+            self.bottleneck == "nonlinear",
+            self.use_bias,
+            name="fc",
+            **kw,
+        )(flatten(x).astype(self.dtype))
         if self.activation == "relu":
             h = nn.relu(h)
-        out = _FactorDense(self.num_classes, self.inner_cl, self.bottleneck == "nonlinear",
-                           self.use_bias, name="cl", **kw)(h)
+        out = _FactorDense(
+            self.num_classes,
+            self.inner_cl,
+            self.bottleneck == "nonlinear",
+            self.use_bias,
+            name="cl",
+            **kw,
+        )(h)
         return out.astype(jnp.float32)
 
 
@@ -329,7 +343,9 @@ def _dense_here(
     kernel = mdl.param("kernel", kinit, (fan_in, features), jnp.float32)
     y = jnp.dot(x, kernel.astype(dtype))
     if use_bias:
-        bias = mdl.param("bias", torch_bias_init(fan_in, init_distribution), (features,), jnp.float32)
+        bias = mdl.param(
+            "bias", torch_bias_init(fan_in, init_distribution), (features,), jnp.float32
+        )
         y = y + bias.astype(dtype)
     if parametrization == "ntk":
         y = y * jnp.asarray(1.0 / math.sqrt(fan_in), y.dtype)
@@ -350,8 +366,10 @@ def make_resnet18_bottleneck(
     _check_bottleneck(bottleneck)
     bad = sorted(set(kwargs) - {"dtype", "bn_axis_name"})
     if bad:
-        raise ValueError(f"unknown option(s) {bad} for resnet18_bottleneck; allowed: "
-                         "['base_width', 'bottleneck', 'bn_axis_name', 'dtype', 'in_channels']")
+        raise ValueError(
+            f"unknown option(s) {bad} for resnet18_bottleneck; allowed: "
+            "['base_width', 'bottleneck', 'bn_axis_name', 'dtype', 'in_channels']"
+        )
     plan = resnet18_bottleneck_plan(width, base_width, num_classes, in_channels=in_channels)
     return ResNet18(
         width=width,
@@ -380,8 +398,10 @@ def make_mlp_bottleneck(
     allowed = {"parametrization", "use_bias", "activation", "init_distribution", "dtype"}
     bad = sorted(set(kwargs) - allowed)
     if bad:
-        raise ValueError(f"unknown option(s) {bad} for mlp_bottleneck; allowed: "
-                         f"{sorted(allowed | {'base_width', 'bottleneck', 'factorize', 'input_dim'})}")
+        raise ValueError(
+            f"unknown option(s) {bad} for mlp_bottleneck; allowed: "
+            f"{sorted(allowed | {'base_width', 'bottleneck', 'factorize', 'input_dim'})}"
+        )
     plan = mlp_bottleneck_plan(
         width, base_width, num_classes, input_dim=input_dim, factorize=factorize
     )

@@ -186,7 +186,10 @@ class MLP(nn.Module):
             h = nn.relu(h)
         if self.batch_norm:
             h = nn.BatchNorm(
-                use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                use_running_average=not train,
+                momentum=0.9,
+                epsilon=1e-5,
+                dtype=self.dtype,
                 name="bn",
             )(h)
         out = dense_layer(h, self.num_classes, name="cl", **kw)
