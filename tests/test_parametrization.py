@@ -15,8 +15,9 @@ from widesparse_jax import optim
 from widesparse_jax import parametrization as P
 from widesparse_jax.models import MLP, ResNet18
 
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "experiments")
+EXPERIMENTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"
+)
 
 
 def mlp_params(width, key=0):
@@ -26,15 +27,20 @@ def mlp_params(width, key=0):
 @pytest.fixture(scope="module")
 def resnet_shapes():
     m = ResNet18(width=4, num_classes=10)
-    v = jax.eval_shape(lambda k: m.init(k, jnp.zeros((1, 32, 32, 3)), train=False),
-                       jax.random.key(0))
+    v = jax.eval_shape(
+        lambda k: m.init(k, jnp.zeros((1, 32, 32, 3)), train=False), jax.random.key(0)
+    )
     return v["params"]
 
 
 def test_roles_mlp_and_resnet(resnet_shapes):
     r = P.layer_roles(mlp_params(8))
-    assert r == {"fc/kernel": "input", "fc/bias": "input", "cl/kernel": "output",
-                 "cl/bias": "output"}
+    assert r == {
+        "fc/kernel": "input",
+        "fc/bias": "input",
+        "cl/kernel": "output",
+        "cl/bias": "output",
+    }
     r = P.layer_roles(resnet_shapes)
     assert r["conv1/kernel"] == "input"
     assert r["bn1/scale"] == "other" and r["layer3_1/bn2/bias"] == "other"
@@ -63,7 +69,6 @@ def test_base_width_is_identity(name, resnet_shapes):
         np.testing.assert_array_equal(a, b)
     assert set(jax.tree.leaves(P.lr_multipliers(p, name, 16, 16))) == {1.0}
     assert set(jax.tree.leaves(P.lr_multipliers(resnet_shapes, name, 4, 4))) == {1.0}
-    assert P.output_multiplier(name, 64, 16) == 1.0
 
 
 def test_mup_and_ntk_factors_mlp():
@@ -79,8 +84,10 @@ def test_mup_and_ntk_factors_mlp():
     assert lr == {"fc": {"kernel": 1.0, "bias": 1.0}, "cl": {"kernel": 0.25, "bias": 1.0}}
     assert set(jax.tree.leaves(P.lr_multipliers(p, "sp", 64, 16))) == {1.0}
     # μP output init variance ~ 1/fan_in^2: std * width is width-independent.
-    stds = {w: float(np.std(P.apply_parametrization(mlp_params(w), "mup", w, 16)["cl"]["kernel"]))
-            for w in (16, 256)}
+    stds = {
+        w: float(np.std(P.apply_parametrization(mlp_params(w), "mup", w, 16)["cl"]["kernel"]))
+        for w in (16, 256)
+    }
     assert stds[256] * 256 == pytest.approx(stds[16] * 16, rel=0.1)
 
 
@@ -98,8 +105,7 @@ def test_mup_factors_resnet(resnet_shapes):
 
 def _sparse_mlp(width, base):
     p = mlp_params(width)
-    plan = masks_lib.make_plan(p, masks_lib.insertion_order(p),
-                               base_total=784 * base + base * 10)
+    plan = masks_lib.make_plan(p, masks_lib.insertion_order(p), base_total=784 * base + base * 10)
     m = masks_lib.draw_masks(jax.random.key(0), p, plan)
     return masks_lib.rescale_for_density(p, m), m
 
@@ -125,15 +131,18 @@ def test_composes_with_masked_optimizer():
     p, m = _sparse_mlp(32, 8)
     p = P.apply_parametrization(p, "mup", 32, 8, masks=m)
     mult = P.lr_multipliers(p, "mup", 32, 8, masks=m)
-    tx = optim.make_optimizer(None, learning_rate=0.1, momentum=0.9, weight_decay=0.0,
-                              lr_multipliers=mult)
-    jm = jax.tree.map(lambda x: None if x is None else jnp.asarray(x), m,
-                      is_leaf=lambda x: x is None)
+    tx = optim.make_optimizer(
+        None, learning_rate=0.1, momentum=0.9, weight_decay=0.0, lr_multipliers=mult
+    )
+    jm = jax.tree.map(
+        lambda x: None if x is None else jnp.asarray(x), m, is_leaf=lambda x: x is None
+    )
     grads = jax.tree.map(jnp.ones_like, p)
     upd, _ = tx.update(grads, tx.init(p), p, masks=jm)
     keep = m["fc"]["kernel"]
-    np.testing.assert_allclose(np.asarray(upd["fc"]["kernel"])[keep], -0.1 * mult["fc"]["kernel"],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(upd["fc"]["kernel"])[keep], -0.1 * mult["fc"]["kernel"], rtol=1e-5
+    )
     assert np.all(np.asarray(upd["fc"]["kernel"])[~keep] == 0.0)
     np.testing.assert_allclose(upd["cl"]["kernel"], -0.1 * mult["cl"]["kernel"], rtol=1e-5)
     np.testing.assert_allclose(upd["fc"]["bias"], -0.1 * mult["fc"]["bias"], rtol=1e-5)
@@ -146,19 +155,18 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="width must be a positive number"):
         P.lr_multipliers(p, "mup", 0, 8)
     with pytest.raises(ValueError, match="base_width"):
-        P.output_multiplier("mup", 8, -1)
+        P.lr_multipliers(p, "mup", 8, -1)
     with pytest.raises(ValueError, match="mask shape"):
-        P.lr_multipliers(p, "mup", 8, 8, masks={"fc": {"kernel": np.ones((3, 3), bool),
-                                                       "bias": None},
-                                                "cl": {"kernel": None, "bias": None}})
-
-
-def test_scale_logits():
-    f = lambda x: (x, {"a": 1})  # noqa: E731
-    assert P.scale_logits(f, 1.0) is f
-    out = P.scale_logits(f, 0.5)(jnp.ones(3))
-    np.testing.assert_allclose(out[0], 0.5)
-    assert out[1] == {"a": 1}
+        P.lr_multipliers(
+            p,
+            "mup",
+            8,
+            8,
+            masks={
+                "fc": {"kernel": np.ones((3, 3), bool), "bias": None},
+                "cl": {"kernel": None, "bias": None},
+            },
+        )
 
 
 def test_coordinate_check_mup_flat_sp_not():
@@ -166,8 +174,10 @@ def test_coordinate_check_mup_flat_sp_not():
     updates are flat in width under μP (|log-slope| < 0.1) and not under SP."""
     sys.path.insert(0, EXPERIMENTS)
     import coord_check as cc
-    rec = cc.coord_check([256, 1024, 4096], params=("standard", "mup"), steps=1,
-                         seeds=(0, 1), base_width=64, lr=0.1)
+
+    rec = cc.coord_check(
+        [256, 1024, 4096], params=("standard", "mup"), steps=1, seeds=(0, 1), base_width=64, lr=0.1
+    )
     dl = cc.log_slopes(rec, "delta_logits", 1)
     dh = cc.log_slopes(rec, "delta_h", 1)
     assert abs(dl["mup"]) < 0.1 and abs(dh["mup"]) < 0.1, (dl, dh)

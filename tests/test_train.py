@@ -21,7 +21,7 @@ from configs import fashion_mnist_mlp
 from widesparse_jax import checkpoint as ckpt_lib
 from widesparse_jax import config as config_lib
 from widesparse_jax import masks as masks_lib
-from widesparse_jax import optim, train
+from widesparse_jax import optim, restore, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -145,7 +145,7 @@ def test_sparse_training_keeps_masked_weights_zero(tmp_path):
     # masked before the first forward pass
     assert optim.masked_entries_are_zero(state.params, state.opt_state, state.masks)
     summary = train.train_and_evaluate(c, str(tmp_path))
-    variables, masks, _ = ckpt_lib.load_variables(str(tmp_path))
+    variables, masks, _ = restore.load_variables(str(tmp_path))
     params = variables["params"]
     assert summary["kept_weights"] == base
     for path in (("fc", "kernel"), ("cl", "kernel")):
@@ -201,7 +201,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(FloatingPointError, match="non-finite") as e:
         train.train_and_evaluate(c, str(tmp_path))
     assert "last good" in str(e.value)
-    variables, _, _ = ckpt_lib.load_variables(str(tmp_path))
+    variables, _, _ = restore.load_variables(str(tmp_path))
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
 
 
@@ -227,7 +227,7 @@ def test_resnet_on_mock_tfds_cifar10(tmp_path):
 
 
 def _final_params(workdir):
-    variables, _, _ = ckpt_lib.load_variables(str(workdir))
+    variables, _, _ = restore.load_variables(str(workdir))
     return variables
 
 
@@ -312,7 +312,7 @@ def test_pmap_8_devices_matches_1_device(tmp_path):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(x, y, rtol=1e-3, atol=5e-4)
     # masked weights stay exactly 0 under pmap (invariant 2), kept count exact (invariant 3)
-    variables, masks, _ = ckpt_lib.load_variables(str(tmp_path / "eight"))
+    variables, masks, _ = restore.load_variables(str(tmp_path / "eight"))
     checked = jax.tree.map(
         lambda m, w: None if m is None else bool(np.all(w[~m] == 0.0)),
         masks,

@@ -835,16 +835,9 @@ def load_npz(path: str) -> tuple[dict, dict, Optional[dict], dict]:
 def _load_ours(src: str) -> tuple[dict, dict, Optional[dict], dict]:
     """Our variables from a .npz (:func:`save_npz`) or a checkpoint dir (checkpoint module)."""
     if os.path.isdir(src):
-        try:
-            from widesparse_jax import checkpoint  # pylint: disable=g-import-not-at-top
+        from widesparse_jax import restore  # lazy: the npz path needs no JAX training stack
 
-            load_variables = checkpoint.load_variables
-        except (ImportError, AttributeError) as e:
-            raise ValueError(
-                f"{src!r} is a directory, but widesparse_jax.checkpoint.load_variables is "
-                "not available; pass a .npz written by `convert`/save_npz"
-            ) from e
-        variables, masks, config = load_variables(src)
+        variables, masks, config = restore.load_variables(src)
         cfg = (
             dict(config)
             if isinstance(config, Mapping)
@@ -975,13 +968,13 @@ def export_from(
     model_name: str = "model_final.pt",
     args: Optional[Mapping[str, Any]] = None,
 ) -> tuple[str, str]:
-    """Our run (checkpoint workdir via ``checkpoint.load_variables``, or a .npz written by
+    """Our run (checkpoint workdir via ``restore.load_variables``, or a .npz written by
     :func:`save_npz` / ``convert``) -> the baseline's model file + smask.pt in ``out_dir``.
 
     Width, classes, input channels and stem are read from the params (conv1/linear kernels)
     and checked against the given values; base width and hyper-parameters come from the
     run's config / npz metadata unless given. Momentum is exported when the .npz holds it
-    (``checkpoint.load_variables`` does not return the optimizer state).
+    (``restore.load_variables`` does not return the optimizer state).
     """
     variables, masks, momentum, meta = _load_ours(src)
     model = _meta_get(meta, "model.name", "model")
@@ -1050,9 +1043,7 @@ def _parser() -> argparse.ArgumentParser:
     model_args(q)
     q.add_argument("--output", required=True)
     q = sub.add_parser("export", help="our checkpoint dir or .npz -> model file + smask.pt")
-    q.add_argument(
-        "--input", required=True, help="checkpoint dir (checkpoint.load_variables) or .npz"
-    )
+    q.add_argument("--input", required=True, help="checkpoint dir (restore.load_variables) or .npz")
     q.add_argument("--out-dir", required=True)
     q.add_argument("--width", type=int, default=None)
     q.add_argument("--num-classes", type=int, default=None)

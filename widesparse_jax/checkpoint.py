@@ -152,27 +152,3 @@ def read_config(workdir: str):
             if isinstance(section, dict) and isinstance(section.get(key), list):
                 section[key] = tuple(section[key])
     return ml_collections.ConfigDict(d)
-
-
-def load_variables(workdir: str, step: int | None = None):
-    """Loads a finished (or running) run's model variables and masks from its workdir.
-
-    Returns:
-      ``(variables, masks, config)``: ``variables = {'params', 'batch_stats'}`` as numpy
-      pytrees, ``masks`` the keep-mask pytree (bool / None), ``config`` the run's ConfigDict.
-    """
-    from widesparse_jax import train  # local import: train imports this module
-
-    config = read_config(workdir)
-    abstract = train.abstract_state_dict(config)
-    ckpt = Checkpointer(workdir, fingerprint=train.run_fingerprint(config))
-    if step is not None and step != ckpt.latest_step():
-        raise ValueError(
-            f"step={step} is not the latest checkpoint ({ckpt.latest_step()}) of {workdir}"
-        )
-    restored = ckpt.restore(abstract)
-    ckpt.close()
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, CHECKPOINT_DIR)}")
-    state, _ = restored
-    return {"params": state["params"], "batch_stats": state["batch_stats"]}, state["masks"], config

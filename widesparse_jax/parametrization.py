@@ -1,14 +1,15 @@
 """Standard, NTK and μP (maximal update) parametrizations without touching the model code.
 
 A parametrization is expressed relative to a *base width* b, for a net of width w
-(width multiplier ``m = w / b``), as three pieces applied around an ordinary Flax model built
+(width multiplier ``m = w / b``), as two pieces applied around an ordinary Flax model built
 with its standard (PyTorch-like) init:
 
 (a) an init rescaling of the params pytree (:func:`apply_parametrization`),
 (b) per-leaf SGD learning-rate multipliers (:func:`lr_multipliers`, a pytree of floats for
-    ``optim.make_optimizer(lr_multipliers=...)`` / ``optim.scale_by_lr_multipliers``),
-(c) an output (logit) multiplier (:func:`output_multiplier`) - always 1.0 here, because the
-    μP used is the "SP-like" form of Tensor Programs V, Table 3, which needs no forward change.
+    ``optim.make_optimizer(lr_multipliers=...)`` / ``optim.scale_by_lr_multipliers``).
+
+The forward pass is unchanged: the μP used is the "SP-like" form of Tensor Programs V,
+Table 3, whose 1/width readout scale lives in the output layer's init and learning rate.
 
 At ``width == base_width`` (dense) every factor is 1: the base net *is* the standard net.
 
@@ -69,23 +70,28 @@ same masks) -> optimizer with :func:`lr_multipliers`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import jax.numpy as jnp
 import numpy as np
 
-from widesparse_jax.masks import map_with_path, walk_leaves
+from widesparse_jax import tree
+from widesparse_jax.choices import FAN_IN_MODES, PARAMETRIZATIONS, ROLES
+from widesparse_jax.masks import is_counted
 
 Path = tuple
 Params = Any
 
-PARAMETRIZATIONS = ("standard", "ntk", "mup")
-ROLES = ("input", "hidden", "output", "other")
-FAN_IN_MODES = ("effective", "nominal")
 
-_ALIASES = {"standard": "standard", "sp": "standard", "ntk": "ntk", "mup": "mup",
-            "μp": "mup", "mean_field": "mup"}
+_ALIASES = {
+    "standard": "standard",
+    "sp": "standard",
+    "ntk": "ntk",
+    "mup": "mup",
+    "μp": "mup",
+    "mean_field": "mup",
+}
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -97,8 +103,6 @@ __all__ = [
     "init_factors",
     "apply_parametrization",
     "lr_multipliers",
-    "output_multiplier",
-    "scale_logits",
 ]
 
 
@@ -111,26 +115,23 @@ def canonical_name(name: str) -> str:
     """'standard' | 'ntk' | 'mup' for ``name`` or an alias ('sp', 'μp', 'mean_field')."""
     key = str(name).strip().lower()
     if key not in _ALIASES:
-        raise ValueError(f"unknown parametrization {name!r}; allowed: {PARAMETRIZATIONS} "
-                         f"(aliases: {sorted(set(_ALIASES) - set(PARAMETRIZATIONS))})")
+        raise ValueError(
+            f"unknown parametrization {name!r}; allowed: {PARAMETRIZATIONS} "
+            f"(aliases: {sorted(set(_ALIASES) - set(PARAMETRIZATIONS))})"
+        )
     return _ALIASES[key]
 
 
 def _check_widths(width: Any, base_width: Any) -> float:
     for nm, v in (("width", width), ("base_width", base_width)):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(float(v)) or v <= 0:
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, (int, float, np.integer, np.floating))
+            or not math.isfinite(float(v))
+            or v <= 0
+        ):
             raise ValueError(f"{nm} must be a positive number, got {v!r}")
     return float(width) / float(base_width)
-
-
-def _name(path: Path) -> str:
-    return "/".join(str(k) for k in path)
-
-
-def _is_kernel(path: Path, leaf: Any) -> bool:
-    shape = getattr(leaf, "shape", None)
-    return bool(path) and path[-1] == "kernel" and shape is not None and len(shape) >= 2
 
 
 # --------------------------------------------------------------------------------------
@@ -151,30 +152,31 @@ def layer_roles(params: Params, roles: Optional[Mapping[str, str]] = None) -> di
       'input', last 'output', others 'hidden'; a kernel's siblings (bias) share its role; every
       other leaf (BatchNorm scale/bias) is 'other'. A single kernel is 'output'.
     """
-    leaves = [(p, leaf) for p, leaf in walk_leaves(params) if leaf is not None]
+    leaves = [(p, leaf) for p, leaf in tree.walk(params) if leaf is not None]
     if not leaves:
         raise ValueError("params has no leaves")
-    kernels = [p for p, leaf in leaves if _is_kernel(p, leaf)]
+    kernels = [p for p, leaf in leaves if is_counted(p, leaf)]
     kernel_role: dict[Path, str] = {}
     for i, p in enumerate(kernels):
-        kernel_role[p[:-1]] = ("output" if i == len(kernels) - 1 else
-                               "input" if i == 0 else "hidden")
+        kernel_role[p[:-1]] = "output" if i == len(kernels) - 1 else "input" if i == 0 else "hidden"
     out = {}
     for p, _ in leaves:
-        out[_name(p)] = kernel_role.get(p[:-1], "other")
+        out[tree.path_name(p)] = kernel_role.get(p[:-1], "other")
     if roles:
         names = set(out)
         for key, role in roles.items():
             if role not in ROLES:
                 raise ValueError(f"role {role!r} for {key!r} unknown; allowed: {ROLES}")
-            key = _name(key) if isinstance(key, tuple) else str(key)
+            key = tree.path_name(key) if isinstance(key, tuple) else str(key)
             if not any(n == key or n.startswith(key + "/") for n in names):
                 raise ValueError(f"roles key {key!r} matches no param path; paths: {sorted(names)}")
         for n in out:
             best = None
             for key, role in roles.items():
-                key = _name(key) if isinstance(key, tuple) else str(key)
-                if (n == key or n.startswith(key + "/")) and (best is None or len(key) > len(best[0])):
+                key = tree.path_name(key) if isinstance(key, tuple) else str(key)
+                if (n == key or n.startswith(key + "/")) and (
+                    best is None or len(key) > len(best[0])
+                ):
                     best = (key, role)
             if best is not None:
                 out[n] = best[1]
@@ -190,24 +192,33 @@ def _densities(params: Params, masks: Optional[Params]) -> dict[Path, float]:
     """{module path: density} of every masked kernel (kept / size)."""
     if masks is None:
         return {}
-    pl = dict(walk_leaves(params))
+    pl = dict(tree.walk(params))
     out = {}
-    for p, m in walk_leaves(masks):
+    for p, m in tree.walk(masks):
         if m is None:
             continue
         if p not in pl:
-            raise ValueError(f"mask at {_name(p)!r} has no matching param")
+            raise ValueError(f"mask at {tree.path_name(p)!r} has no matching param")
         if tuple(np.shape(m)) != tuple(np.shape(pl[p])):
-            raise ValueError(f"mask shape {tuple(np.shape(m))} != param shape "
-                             f"{tuple(np.shape(pl[p]))} at {_name(p)!r}")
+            raise ValueError(
+                f"mask shape {tuple(np.shape(m))} != param shape "
+                f"{tuple(np.shape(pl[p]))} at {tree.path_name(p)!r}"
+            )
         size = int(np.prod(np.shape(m)))
         out[p[:-1]] = float(np.count_nonzero(np.asarray(m))) / size if size else 1.0
     return out
 
 
-def leaf_factors(params: Params, name: str, width: float, base_width: float, *,
-                 roles: Optional[Mapping[str, str]] = None, masks: Optional[Params] = None,
-                 fan_in_mode: str = "effective") -> dict[str, tuple[float, float]]:
+def leaf_factors(
+    params: Params,
+    name: str,
+    width: float,
+    base_width: float,
+    *,
+    roles: Optional[Mapping[str, str]] = None,
+    masks: Optional[Params] = None,
+    fan_in_mode: str = "effective",
+) -> dict[str, tuple[float, float]]:
     """{leaf path name: (init factor, lr multiplier)} following the module-doc table.
 
     Args:
@@ -224,10 +235,10 @@ def leaf_factors(params: Params, name: str, width: float, base_width: float, *,
     role_of = layer_roles(params, roles)
     dens = _densities(params, masks) if fan_in_mode == "effective" else {}
     out = {}
-    for p, leaf in walk_leaves(params):
+    for p, leaf in tree.walk(params):
         if leaf is None:
             continue
-        n = _name(p)
+        n = tree.path_name(p)
         role = role_of[n]
         if kind == "standard":
             out[n] = (1.0, 1.0)
@@ -241,7 +252,7 @@ def leaf_factors(params: Params, name: str, width: float, base_width: float, *,
             continue
         m_in = (m if role in ("hidden", "output") else 1.0) * dens_p
         m_out = m if role in ("input", "hidden") else 1.0
-        if _is_kernel(p, leaf):
+        if is_counted(p, leaf):
             if kind == "ntk":
                 out[n] = (1.0, 1.0 / m_in)
             else:
@@ -251,19 +262,35 @@ def leaf_factors(params: Params, name: str, width: float, base_width: float, *,
     return out
 
 
-def init_factors(params: Params, name: str, width: float, base_width: float, *,
-                 roles: Optional[Mapping[str, str]] = None, masks: Optional[Params] = None,
-                 fan_in_mode: str = "effective") -> Params:
+def init_factors(
+    params: Params,
+    name: str,
+    width: float,
+    base_width: float,
+    *,
+    roles: Optional[Mapping[str, str]] = None,
+    masks: Optional[Params] = None,
+    fan_in_mode: str = "effective",
+) -> Params:
     """Pytree (params structure) of the init factors (floats) of :func:`leaf_factors`."""
-    f = leaf_factors(params, name, width, base_width, roles=roles, masks=masks,
-                     fan_in_mode=fan_in_mode)
-    return map_with_path(params, lambda p, leaf: None if leaf is None else f[_name(p)][0])
+    f = leaf_factors(
+        params, name, width, base_width, roles=roles, masks=masks, fan_in_mode=fan_in_mode
+    )
+    return tree.map_with_path(
+        lambda p, leaf: None if leaf is None else f[tree.path_name(p)][0], params
+    )
 
 
-def apply_parametrization(params: Params, name: str, width: float, base_width: float,
-                          roles: Optional[Mapping[str, str]] = None, *,
-                          masks: Optional[Params] = None,
-                          fan_in_mode: str = "effective") -> Params:
+def apply_parametrization(
+    params: Params,
+    name: str,
+    width: float,
+    base_width: float,
+    roles: Optional[Mapping[str, str]] = None,
+    *,
+    masks: Optional[Params] = None,
+    fan_in_mode: str = "effective",
+) -> Params:
     """Rescale the initial params of a standard-init model into parametrization ``name``.
 
     Call it once at init, AFTER masking and ``masks.rescale_for_density(params, masks)``,
@@ -277,56 +304,38 @@ def apply_parametrization(params: Params, name: str, width: float, base_width: f
     Returns:
       params with the same structure, dtypes and shapes.
     """
-    f = leaf_factors(params, name, width, base_width, roles=roles, masks=masks,
-                     fan_in_mode=fan_in_mode)
+    f = leaf_factors(
+        params, name, width, base_width, roles=roles, masks=masks, fan_in_mode=fan_in_mode
+    )
 
     def scale(p, leaf):
         if leaf is None:
             return None
-        s = f[_name(p)][0]
+        s = f[tree.path_name(p)][0]
         return leaf if s == 1.0 else leaf * jnp.asarray(s, jnp.asarray(leaf).dtype)
-    return map_with_path(params, scale)
+
+    return tree.map_with_path(scale, params)
 
 
-def lr_multipliers(params: Params, name: str, width: float, base_width: float,
-                   roles: Optional[Mapping[str, str]] = None, *,
-                   masks: Optional[Params] = None,
-                   fan_in_mode: str = "effective") -> Params:
+def lr_multipliers(
+    params: Params,
+    name: str,
+    width: float,
+    base_width: float,
+    roles: Optional[Mapping[str, str]] = None,
+    *,
+    masks: Optional[Params] = None,
+    fan_in_mode: str = "effective",
+) -> Params:
     """Per-leaf SGD learning-rate multipliers (pytree of Python floats, params structure).
 
     Pass to ``optim.make_optimizer(..., lr_multipliers=...)`` (chained inside the masked
     wrapper, so masked entries stay 0). With coupled weight decay the decay of a leaf is
     scaled by the same factor (it is part of the SGD step).
     """
-    f = leaf_factors(params, name, width, base_width, roles=roles, masks=masks,
-                     fan_in_mode=fan_in_mode)
-    return map_with_path(params, lambda p, leaf: None if leaf is None else f[_name(p)][1])
-
-
-def output_multiplier(name: str, width: float, base_width: float) -> float:
-    """Multiplier on the logits: 1.0 for every parametrization provided here.
-
-    The μP used is the SP-like form (Tensor Programs V, Table 3): the 1/width readout scale
-    is in the output layer's init (factor 1/sqrt(m)) and lr (1/m), so the forward pass is
-    unchanged. Kept in the API so callers can wire ``logits * output_multiplier(...)``
-    (:func:`scale_logits`) uniformly; validates its arguments.
-    """
-    canonical_name(name)
-    _check_widths(width, base_width)
-    return 1.0
-
-
-def scale_logits(apply_fn: Callable[..., Any], multiplier: float) -> Callable[..., Any]:
-    """``apply_fn`` with its (first) output multiplied by ``multiplier`` (identity if 1.0).
-
-    Works for ``model.apply`` returning logits or ``(logits, mutated_vars)``.
-    """
-    if multiplier == 1.0:
-        return apply_fn
-
-    def wrapped(*args, **kwargs):
-        out = apply_fn(*args, **kwargs)
-        if isinstance(out, tuple):
-            return (out[0] * multiplier,) + tuple(out[1:])
-        return out * multiplier
-    return wrapped
+    f = leaf_factors(
+        params, name, width, base_width, roles=roles, masks=masks, fan_in_mode=fan_in_mode
+    )
+    return tree.map_with_path(
+        lambda p, leaf: None if leaf is None else f[tree.path_name(p)][1], params
+    )

@@ -1,0 +1,36 @@
+"""Every choice a config field or public function accepts, declared once.
+
+Modules import their allowed values from here (config validation, data, models, masks,
+optimizer, parametrization), so the lists cannot disagree. No imports: safe anywhere.
+"""
+
+# ---- data
+SMALL_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped")
+STREAMING_DATASETS = ("imagenet2012",)
+DATASETS = SMALL_DATASETS + STREAMING_DATASETS
+SOURCES = ("auto", "tfds", "idx")
+AUGMENTS = ("cifar_crop_flip", "crop", "imagenet", "none")
+NORMALIZATIONS = ("channel", "pixel", "none")
+CHANNEL_STATS = ("dataset", "imagenet")
+
+# ---- models
+MODELS = ("resnet18", "mlp", "resnet18_bottleneck", "mlp_bottleneck")
+STEMS = ("cifar", "imagenet")
+ACTIVATIONS = ("relu", "linear")
+INIT_DISTRIBUTIONS = ("uniform", "normal")
+BOTTLENECKS = ("linear", "nonlinear")
+DTYPES = ("float32", "bfloat16")
+
+# ---- parametrizations (standard / NTK / muP scalings)
+PARAMETRIZATIONS = ("standard", "ntk", "mup")
+MLP_PARAMETRIZATIONS = ("standard", "ntk")  # built into the MLP module itself
+ROLES = ("input", "hidden", "output", "other")
+FAN_IN_MODES = ("effective", "nominal")
+
+# ---- sparsity
+SPARSITY_METHODS = ("paper", "uniform", "erk")
+PLAN_METHODS = SPARSITY_METHODS + ("explicit",)  # make_plan also takes explicit removals
+GRANULARITIES = ("weight", "kernel")
+
+# ---- optimizer
+SCHEDULES = ("constant", "multistep", "cosine")
