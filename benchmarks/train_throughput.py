@@ -41,7 +41,7 @@ def main():
     c.train.checkpoint_every_steps = 10**6
     with tempfile.TemporaryDirectory() as wd, tfds.testing.mock_data(num_examples=a.batch * 4):
         train.train_and_evaluate(c, wd)
-        recs = [r for r in train.read_metrics(wd) if r["kind"] == "train"][
+        recs = [r for r in metrics_lib.read_metrics(wd) if r["kind"] == "train"][
             1:
         ]  # skip compile window
     eps = sorted(r["examples_per_sec"] for r in recs)

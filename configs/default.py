@@ -45,6 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
     # mup only: the width at which the muP net equals the standard one (init and lr scale
     # relative to it). Not the sparsity base_width.
     config.model.mup_base_width = config_dict.placeholder(int)
+    # mup only: fan-in of a sparse layer = fan_in * density ('effective') or fan_in ('nominal').
+    config.model.mup_fan_in_mode = "effective"
     config.model.use_bias = True  # MLP only
     config.model.activation = "relu"  # MLP only: relu|linear
     config.model.init_distribution = "uniform"  # MLP only: uniform|normal

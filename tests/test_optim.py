@@ -108,16 +108,10 @@ def _max_diff(jax_leaves, torch_leaves):
 def test_torch_parity_multistep(nesterov):
     spe, n = 5, 50  # boundaries at epochs 2, 5, 8 -> steps 10, 25, 40
     params, grads = _params(), _grads(n)
-    tx = optim.make_optimizer(
-        steps_per_epoch=spe,
-        learning_rate=0.1,
-        momentum=0.9,
-        weight_decay=5e-4,
-        nesterov=nesterov,
-        lr_schedule="multistep",
-        lr_boundaries=(2, 5, 8),
-        lr_gamma=0.1,
+    sched = optim.make_schedule(
+        "multistep", 0.1, steps_per_epoch=spe, boundaries=(2, 5, 8), gamma=0.1
     )
+    tx = optim.make_optimizer(sched, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
     out, state = _run_jax(tx, params, grads)
     ref, bufs, lrs = _run_torch(
         params,
@@ -145,13 +139,8 @@ def test_torch_parity_cosine_per_epoch():
     spe, epochs = 5, 10
     n = spe * epochs
     params, grads = _params(2), _grads(n, seed=3)
-    tx = optim.make_optimizer(
-        steps_per_epoch=spe,
-        learning_rate=0.1,
-        weight_decay=1e-4,
-        lr_schedule="cosine",
-        num_epochs=epochs,
-    )
+    sched = optim.make_schedule("cosine", 0.1, steps_per_epoch=spe, num_epochs=epochs)
+    tx = optim.make_optimizer(sched, weight_decay=1e-4)
     out, _ = _run_jax(tx, params, grads)
     ref, _, lrs = _run_torch(
         params,
@@ -175,14 +164,8 @@ def test_lr_multipliers_match_torch_param_groups():
     params, grads = _params(4), _grads(n, seed=5)
     mult = {("fc", "kernel"): 0.25, ("conv", "kernel"): 2.0}
     fn = lambda p: mult.get(p, 1.0)  # noqa: E731
-    tx = optim.make_optimizer(
-        steps_per_epoch=spe,
-        learning_rate=0.05,
-        weight_decay=5e-4,
-        lr_schedule="multistep",
-        lr_boundaries=(3, 5),
-        lr_multipliers=fn,
-    )
+    sched = optim.make_schedule("multistep", 0.05, steps_per_epoch=spe, boundaries=(3, 5))
+    tx = optim.make_optimizer(sched, weight_decay=5e-4, lr_multipliers=fn)
     out, _ = _run_jax(tx, params, grads)
     ref, _, _ = _run_torch(
         params,
@@ -201,14 +184,7 @@ def test_lr_multipliers_match_torch_param_groups():
         "bn": {"scale": None, "bias": 1.0},
         "fc": {"kernel": 0.25, "bias": None},
     }
-    tx2 = optim.make_optimizer(
-        steps_per_epoch=spe,
-        learning_rate=0.05,
-        weight_decay=5e-4,
-        lr_schedule="multistep",
-        lr_boundaries=(3, 5),
-        lr_multipliers=tree,
-    )
+    tx2 = optim.make_optimizer(sched, weight_decay=5e-4, lr_multipliers=tree)
     out2, _ = _run_jax(tx2, params, grads)
     for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(out2)):
         np.testing.assert_array_equal(a, b)
@@ -246,11 +222,8 @@ def test_masked_invariant_300_steps_and_dense_equivalence():
     params = _masked_params(params, masks)
     grads = _grads(n, seed=9)  # nonzero at masked positions
     kw = dict(
-        steps_per_epoch=20,
-        learning_rate=0.1,
+        learning_rate=optim.make_schedule("multistep", 0.1, steps_per_epoch=20, boundaries=(5, 10)),
         weight_decay=5e-3,
-        lr_schedule="multistep",
-        lr_boundaries=(5, 10),
     )
     tx = optim.make_optimizer(**kw)
     state = tx.init(params)
@@ -382,17 +355,6 @@ def test_schedules_warmup_and_per_step():
     assert [float(m(e * 100 - d)) for e in (50, 120, 200) for d in (1, 0)] == pytest.approx(
         [0.1, 0.01, 0.01, 0.001, 0.001, 0.0001], rel=1e-6
     )
-    # make_optimizer reads ConfigDict-like objects; kwargs override
-    import ml_collections
-
-    cfg = ml_collections.ConfigDict(dict(learning_rate=0.2, lr_schedule="cosine", num_epochs=4))
-    sc = optim.schedule_from_config(cfg, steps_per_epoch=5)
-    assert float(sc(0)) == pytest.approx(0.2) and float(sc(5)) == pytest.approx(
-        0.1 * (1 + np.cos(np.pi / 4))
-    )
-    assert float(
-        optim.schedule_from_config(cfg, steps_per_epoch=5, learning_rate=0.4)(0)
-    ) == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize(
@@ -402,38 +364,37 @@ def test_schedules_warmup_and_per_step():
         (dict(momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
         (dict(momentum=-0.5), "-0.5"),
         (dict(weight_decay=-1e-4), "-0.0001"),
-        (
-            dict(lr_schedule="step_decay", steps_per_epoch=10),
-            "unknown schedule 'step_decay'.*constant, multistep, cosine",
-        ),
-        (
-            dict(lr_schedule="multistep", lr_boundaries=(50, 20, 200), steps_per_epoch=10),
-            r"strictly increasing.*\(50, 20, 200\)",
-        ),
-        (dict(lr_schedule="multistep", lr_boundaries=(50, 50), steps_per_epoch=10), r"\(50, 50\)"),
-        (
-            dict(lr_schedule="multistep", lr_boundaries=(0, 10), steps_per_epoch=10),
-            "positive integer",
-        ),
-        (dict(lr_schedule="multistep", lr_gamma=0.0, steps_per_epoch=10), "gamma"),
-        (dict(lr_schedule="multistep"), "steps_per_epoch must be a positive integer, got None"),
-        (
-            dict(lr_schedule="cosine", steps_per_epoch=10),
-            "num_epochs must be a positive integer, got None",
-        ),
-        (
-            dict(lr_schedule="cosine", steps_per_epoch=10, num_epochs=5, warmup_epochs=5),
-            "warmup_epochs",
-        ),
-        (dict(lr_schedule="multistep", steps_per_epoch=10, warmup_epochs=60), "warmup"),
-        (dict(lr_per_step=True), "per_step"),
         (dict(learning_rate=float("nan")), "nan"),
-        (dict(lr=0.1), "unknown optimizer option.*'lr'"),
     ],
 )
-def test_bad_inputs_raise_value_error(kwargs, match):
+def test_bad_optimizer_inputs_raise_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         optim.make_optimizer(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        (("step_decay",), dict(steps_per_epoch=10), "unknown schedule 'step_decay'.*constant"),
+        (
+            ("multistep",),
+            dict(boundaries=(50, 20, 200), steps_per_epoch=10),
+            r"strictly increasing.*\(50, 20, 200\)",
+        ),
+        (("multistep",), dict(boundaries=(50, 50), steps_per_epoch=10), r"\(50, 50\)"),
+        (("multistep",), dict(boundaries=(0, 10), steps_per_epoch=10), "positive integer"),
+        (("multistep",), dict(gamma=0.0, steps_per_epoch=10), "gamma"),
+        (("multistep",), dict(), "steps_per_epoch must be a positive integer, got None"),
+        (("cosine",), dict(steps_per_epoch=10), "num_epochs must be a positive integer, got None"),
+        (("cosine",), dict(steps_per_epoch=10, num_epochs=5, warmup_epochs=5), "warmup_epochs"),
+        (("multistep",), dict(steps_per_epoch=10, warmup_epochs=60), "warmup"),
+        (("constant",), dict(per_step=True), "per_step"),
+        (("constant", -0.1), dict(), "-0.1"),
+    ],
+)
+def test_bad_schedule_inputs_raise_value_error(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        optim.make_schedule(*args, **kwargs)
 
 
 def test_sgd_composes_with_optax():
@@ -468,7 +429,7 @@ def test_masked_wrapper_masks_final_updates_and_momentum_of_any_inner():
         assert np.all(np.asarray(p[name]["kernel"])[m] != params[name]["kernel"][m])
 
 
-def test_make_optimizer_reads_the_project_nested_config():
+def test_from_config_reads_the_project_nested_config():
     import ml_collections
 
     cfg = ml_collections.ConfigDict()
@@ -486,24 +447,17 @@ def test_make_optimizer_reads_the_project_nested_config():
     )
     cfg.train = ml_collections.ConfigDict(dict(num_epochs=6))
     spe = 3
-    s = optim.schedule_from_config(cfg, steps_per_epoch=spe)
+    tx, s = optim.from_config(cfg, steps_per_epoch=spe)
     assert [float(s(i)) for i in (5, 6, 11, 12)] == pytest.approx([0.1, 0.05, 0.05, 0.025])
     params, grads = _params(16), _grads(20, seed=17)
-    out, _ = _run_jax(optim.make_optimizer(cfg, steps_per_epoch=spe), params, grads)
-    explicit = optim.make_optimizer(
-        steps_per_epoch=spe,
-        learning_rate=0.1,
-        weight_decay=5e-4,
-        lr_schedule="multistep",
-        lr_boundaries=(2, 4),
-        lr_gamma=0.5,
-    )
-    ref, _ = _run_jax(explicit, params, grads)
+    out, _ = _run_jax(tx, params, grads)
+    sched = optim.make_schedule("multistep", 0.1, steps_per_epoch=spe, boundaries=(2, 4), gamma=0.5)
+    ref, _ = _run_jax(optim.make_optimizer(sched, weight_decay=5e-4), params, grads)
     for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
         np.testing.assert_array_equal(a, b)
     cfg.optimizer.schedule = "cosine"  # num_epochs comes from config.train
-    c = optim.schedule_from_config(cfg, steps_per_epoch=spe)
+    _, c = optim.from_config(cfg, steps_per_epoch=spe)
     assert float(c(3 * spe)) == pytest.approx(0.05) and float(c(6 * spe)) == 0.0
     cfg.optimizer.momentum = 1.5
     with pytest.raises(ValueError, match="1.5"):
-        optim.make_optimizer(cfg, steps_per_epoch=spe)
+        optim.from_config(cfg, steps_per_epoch=spe)

@@ -21,7 +21,8 @@ from configs import fashion_mnist_mlp
 from widesparse_jax import checkpoint as ckpt_lib
 from widesparse_jax import config as config_lib
 from widesparse_jax import masks as masks_lib
-from widesparse_jax import optim, restore, train
+from widesparse_jax import metrics as metrics_lib
+from widesparse_jax import optim, restore, setup, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -56,6 +57,13 @@ def run_main(workdir, *flags, devices=None, check=True, timeout=300):
     if check and p.returncode != 0:
         raise AssertionError(f"main.py failed ({p.returncode}):\n{p.stderr[-4000:]}")
     return p
+
+
+def _initial(c):
+    """``(run, initial state)`` of config ``c`` through the factory."""
+    cfg = config_lib.resolve_config(c)
+    run = setup.build_run(cfg, train.dataset_info(cfg))
+    return run, setup.init_state(run)
 
 
 # ----------------------------------------------------------------------------- config
@@ -137,9 +145,7 @@ def test_main_rejects_bad_config_before_writing(tmp_path):
 @needs_fmnist
 def test_sparse_training_keeps_masked_weights_zero(tmp_path):
     c = small_mlp_config(num_train_steps=40)
-    cfg = config_lib.resolve_config(c)
-    setup = train.setup_run(cfg)
-    state = train.create_train_state(cfg, setup.model, setup.tx, (28, 28, 1), 10)
+    run, state = _initial(c)
     base = 784 * 8 + 8 * 10
     assert masks_lib.count_kept(state.masks, state.params) == base
     # masked before the first forward pass
@@ -155,15 +161,15 @@ def test_sparse_training_keeps_masked_weights_zero(tmp_path):
             assert np.all(w[~m] == 0.0)
             assert np.count_nonzero(w[m]) == m.sum()  # kept weights trained (nonzero)
     # masks restored from the checkpoint equal a fresh draw (a function of config + seed)
-    fresh, _ = train.make_masks(cfg, setup.model, state.params, (28, 28, 1), 10)
-    for a, b in zip(jax.tree.leaves(fresh), jax.tree.leaves(masks)):
+    fresh, _ = _initial(c)
+    for a, b in zip(jax.tree.leaves(fresh.masks), jax.tree.leaves(masks)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @needs_fmnist
 def test_metrics_files_and_best_accuracy(tmp_path):
     summary = train.train_and_evaluate(small_mlp_config(), str(tmp_path))
-    records = train.read_metrics(str(tmp_path))
+    records = metrics_lib.read_metrics(str(tmp_path))
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1.0, 2.0]
     assert all(r["test_count"] == 10000 for r in epochs)
@@ -176,7 +182,7 @@ def test_metrics_files_and_best_accuracy(tmp_path):
     assert again["steps_this_session"] == 0
     assert again["best_test_accuracy"] == summary["best_test_accuracy"]
     assert again["final_test_accuracy"] == summary["final_test_accuracy"]
-    assert train.read_metrics(str(tmp_path)) == records
+    assert metrics_lib.read_metrics(str(tmp_path)) == records
 
 
 @needs_fmnist
@@ -218,7 +224,7 @@ def test_resnet_on_mock_tfds_cifar10(tmp_path):
         summary = train.train_and_evaluate(c, str(tmp_path))
     assert summary["kept_weights"] == 2724 * 4 + 27 * 2 + 8 * 2 * 10
     assert summary["total_weights"] == 2724 * 16 + 27 * 4 + 8 * 4 * 10
-    records = train.read_metrics(str(tmp_path))
+    records = metrics_lib.read_metrics(str(tmp_path))
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
     assert np.isfinite(records[-1]["test_loss"])
 
@@ -233,7 +239,10 @@ def _final_params(workdir):
 
 def _metric_records(workdir):
     drop = ("examples_per_sec",)
-    return [{k: v for k, v in r.items() if k not in drop} for r in train.read_metrics(str(workdir))]
+    return [
+        {k: v for k, v in r.items() if k not in drop}
+        for r in metrics_lib.read_metrics(str(workdir))
+    ]
 
 
 @needs_fmnist
@@ -322,10 +331,14 @@ def test_pmap_8_devices_matches_1_device(tmp_path):
     assert jax.tree.leaves(checked) and all(jax.tree.leaves(checked))
     assert masks_lib.count_kept(masks, variables["params"]) == 2724 * 4 + 9 * 2 + 8 * 2 * 10
     la = [
-        r["train_loss"] for r in train.read_metrics(str(tmp_path / "one")) if r["kind"] == "train"
+        r["train_loss"]
+        for r in metrics_lib.read_metrics(str(tmp_path / "one"))
+        if r["kind"] == "train"
     ]
     lb = [
-        r["train_loss"] for r in train.read_metrics(str(tmp_path / "eight")) if r["kind"] == "train"
+        r["train_loss"]
+        for r in metrics_lib.read_metrics(str(tmp_path / "eight"))
+        if r["kind"] == "train"
     ]
     assert len(la) == 3
     np.testing.assert_allclose(la, lb, rtol=1e-5)
@@ -401,9 +414,7 @@ def test_mup_wiring(tmp_path):
         c.model.width, c.model.base_width = width, None
         c.model.parametrization = parametrization
         c.model.mup_base_width = mup_base
-        cfg = config_lib.resolve_config(c)
-        setup = train.setup_run(cfg)
-        return c, train.create_train_state(cfg, setup.model, setup.tx, (28, 28, 1), 10)
+        return c, _initial(c)[1]
 
     _, sp = state_for(64, "standard")
     c_mup, mup = state_for(64, "mup", 64)

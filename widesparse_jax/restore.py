@@ -1,14 +1,16 @@
-"""Load a run's model variables and masks from its workdir.
+"""Load a run's model variables and masks from its workdir, without its dataset.
 
-``load_variables(workdir)`` reads ``config.json`` and the newest checkpoint; the restore
-target is built from the config alone (shapes, no dataset needed).
+``load_variables(workdir)`` reads ``config.json`` and the newest checkpoint. The restore
+target is built from the config alone (``setup.state_template`` on constant dataset
+facts: class count and input shape), so no data has to be on the machine.
 """
 
 from __future__ import annotations
 
 import os
 
-from widesparse_jax import checkpoint, train
+from widesparse_jax import checkpoint, setup, train
+from widesparse_jax import config as config_lib
 
 
 def load_variables(workdir: str, step: int | None = None):
@@ -18,15 +20,17 @@ def load_variables(workdir: str, step: int | None = None):
       ``(variables, masks, config)``: ``variables = {'params', 'batch_stats'}`` as numpy
       pytrees, ``masks`` the keep-mask pytree (bool / None), ``config`` the run's ConfigDict.
     """
-    config = checkpoint.read_config(workdir)
-    abstract = train.abstract_state_dict(config)
-    ckpt = checkpoint.Checkpointer(workdir, fingerprint=train.run_fingerprint(config))
-    if step is not None and step != ckpt.latest_step():
-        raise ValueError(
-            f"step={step} is not the latest checkpoint ({ckpt.latest_step()}) of {workdir}"
-        )
-    restored = ckpt.restore(abstract)
-    ckpt.close()
+    config = config_lib.resolve_config(checkpoint.read_config(workdir))
+    template = setup.state_template(config, train.static_info(config))
+    ckpt = checkpoint.Checkpointer(workdir, fingerprint=config_lib.run_fingerprint(config))
+    try:
+        if step is not None and step != ckpt.latest_step():
+            raise ValueError(
+                f"step={step} is not the latest checkpoint ({ckpt.latest_step()}) of {workdir}"
+            )
+        restored = ckpt.restore(template)
+    finally:
+        ckpt.close()
     if restored is None:
         raise FileNotFoundError(
             f"no checkpoint in {os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}"

@@ -1,0 +1,144 @@
+"""Run metrics: the JSONL + TensorBoard writer and the run's progress (best accuracy, sums).
+
+``WORKDIR/metrics.jsonl`` holds one JSON record per log step (``kind: train``) and per
+evaluation (``kind: epoch``); ``WORKDIR/tensorboard/`` the same values as TensorBoard
+scalars (through clu). Only process 0 writes.
+
+:class:`RunProgress` is what a checkpoint must carry besides the train state so that a
+resumed run reports exactly what an uninterrupted one would: the best test accuracy so far
+and the running sums of the epoch and of the logging window in progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+TENSORBOARD_DIR = "tensorboard"
+
+
+@dataclasses.dataclass
+class Sums:
+    """Running float64 sums of per-step train loss and accuracy (fraction) over ``steps``."""
+
+    loss: float = 0.0
+    accuracy: float = 0.0
+    steps: int = 0
+
+    def add(self, loss: float, accuracy: float) -> None:
+        self.loss += loss
+        self.accuracy += accuracy
+        self.steps += 1
+
+    def reset(self) -> None:
+        self.loss, self.accuracy, self.steps = 0.0, 0.0, 0
+
+    def means(self) -> dict:
+        """``{'train_loss', 'train_accuracy' (%)}`` of the steps summed so far (steps > 0)."""
+        return {
+            "train_loss": self.loss / self.steps,
+            "train_accuracy": 100.0 * self.accuracy / self.steps,
+        }
+
+
+@dataclasses.dataclass
+class RunProgress:
+    """Best test accuracy (%) and the epoch at which it was reached; epoch and window sums."""
+
+    best_test_accuracy: float | None = None
+    best_epoch: float | None = None
+    epoch: Sums = dataclasses.field(default_factory=Sums)
+    window: Sums = dataclasses.field(default_factory=Sums)
+
+    def add_step(self, loss: float, accuracy: float) -> None:
+        self.epoch.add(loss, accuracy)
+        self.window.add(loss, accuracy)
+
+    def record_eval(self, test_accuracy: float, epoch: float) -> None:
+        if self.best_test_accuracy is None or test_accuracy > self.best_test_accuracy:
+            self.best_test_accuracy, self.best_epoch = test_accuracy, epoch
+
+    def to_meta(self) -> dict:
+        """JSON form stored in a checkpoint's ``meta`` item."""
+        return {
+            "best_test_accuracy": self.best_test_accuracy,
+            "best_epoch": self.best_epoch,
+            "epoch_sums": dataclasses.asdict(self.epoch),
+            "window_sums": dataclasses.asdict(self.window),
+        }
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> RunProgress:
+        return cls(
+            best_test_accuracy=meta.get("best_test_accuracy"),
+            best_epoch=meta.get("best_epoch"),
+            epoch=Sums(**meta.get("epoch_sums", {})),
+            window=Sums(**meta.get("window_sums", {})),
+        )
+
+
+class MetricsLog:
+    """Writes metrics as JSONL (process 0 only) and TensorBoard summaries via clu."""
+
+    def __init__(self, workdir: str, resume_step: int):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self.writer = None
+        if not self.enabled:
+            return
+        # Drop records written after the checkpoint we resume from (the run repeats them).
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [
+                    line for line in f if line.strip() and json.loads(line)["step"] <= resume_step
+                ]
+            with open(self.path, "w") as f:
+                f.writelines(kept)
+        from clu import metric_writers
+
+        self.writer = metric_writers.create_default_writer(
+            os.path.join(workdir, TENSORBOARD_DIR), just_logging=False, asynchronous=False
+        )
+
+    def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": int(step), **values}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        scalars = {
+            f"{kind}/{k}": v
+            for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        self.writer.write_scalars(int(step), scalars)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The records of ``metrics.jsonl`` in ``workdir`` (train, epoch and final records)."""
+    with open(os.path.join(workdir, METRICS_FILE)) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def last_epoch_record(workdir: str) -> dict:
+    """The newest ``kind: epoch`` record of ``workdir`` ({} when there is none)."""
+    if not os.path.exists(os.path.join(workdir, METRICS_FILE)):
+        return {}
+    epochs = [r for r in read_metrics(workdir) if r["kind"] == "epoch"]
+    return epochs[-1] if epochs else {}
+
+
+def write_summary(workdir: str, summary: dict) -> None:
+    with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
+        json.dump(summary, f, indent=2)
