@@ -3,7 +3,7 @@
 Builds parameter SHAPES only (``jax.eval_shape`` of ``model.init``), then times
 ``masks.make_plan`` (forward order given) and ``masks.draw_masks`` separately, best of N.
 
-    python benchmarks/mask_build.py [--width 256] [--base-width 64] [--repeats 3] [--threads N]
+    python -m benchmarks.mask_build [--width 256] [--base-width 64] [--repeats 3] [--threads N]
 """
 
 import argparse
@@ -11,17 +11,18 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 
-from widesparse_jax import masks
-from widesparse_jax.models import create_model, input_shape
+from widesparse_jax import masks, models, setup
 
 
 def param_shapes(width: int, num_classes: int, stem: str):
-    model = create_model("resnet18", width, num_classes, stem=stem)
-    x = jax.ShapeDtypeStruct((1,) + tuple(input_shape("resnet18", stem=stem)), jnp.float32)
-    v = jax.eval_shape(lambda k, xx: model.init(k, xx, train=False), jax.random.key(0), x)
-    return model, v["params"], v["batch_stats"], x
+    """(model, params shapes, batch_stats shapes, input shape) of ResNet-18 at ``width``."""
+    shape = models.input_shape("resnet18", stem=stem)
+    model = setup.build_model(
+        {"name": "resnet18", "width": width, "stem": stem}, num_classes, shape, axis_name=None
+    )
+    variables = setup.abstract_variables(model, shape)
+    return model, variables["params"], variables["batch_stats"], shape
 
 
 def best_of(fn, repeats):
@@ -50,12 +51,7 @@ def main():
     _, base_params, _, _ = param_shapes(a.base_width, a.num_classes, a.stem)
     t_shapes = time.perf_counter() - t
     t = time.perf_counter()
-    order = masks.forward_order(
-        lambda p, s, xx: model.apply({"params": p, "batch_stats": s}, xx, train=False),
-        params,
-        stats,
-        x,
-    )
+    order = setup.layer_order(model, {"params": params, "batch_stats": stats}, x)
     t_order = time.perf_counter() - t
     base_total = masks.count_weights(base_params)
 

@@ -7,7 +7,7 @@ under ``jax.jit`` with the state donated. PyTorch: ``torch_reference.masked_sgd_
 (the baseline's gradient-mask loop + ``torch.optim.SGD``), NCHW as in the baseline, plus
 a channels_last variant for information. Widths 8, 16, 64; sparse from base width 18
 (``--base-width``); a width not above it (8 and 16 <= 18) cannot be sparse from it and is
-run sparse from ``--small-base-width`` (default 4) instead (0 = run those dense). Masks come from the project's own plan (``train.make_masks``)
+run sparse from ``--small-base-width`` (default 4) instead (0 = run those dense). Masks come from the project's own plan (``setup.build_run``)
 and the same masks are handed to PyTorch (``baseline.masks_to_smask``).
 
 Measurement: all variants are compiled / warmed up, then run interleaved
@@ -35,10 +35,10 @@ the reference is not handicapped; ``--omp-wait-policy default`` leaves OpenMP as
 ``--profile`` prints where the JAX step's time goes (jax.profiler trace, summed by XLA
 op kind). ``--device gpu`` runs both frameworks on the accelerator (``cuda`` for torch).
 
-    python benchmarks/step_vs_torch.py                       # widths 8 16 64, --xla fast
-    python benchmarks/step_vs_torch.py --xla default --widths 16 --repeats 5
-    python benchmarks/step_vs_torch.py --widths 16 --profile
-    python benchmarks/step_vs_torch.py --device gpu
+    python -m benchmarks.step_vs_torch                       # widths 8 16 64, --xla fast
+    python -m benchmarks.step_vs_torch --xla default --widths 16 --repeats 5
+    python -m benchmarks.step_vs_torch --widths 16 --profile
+    python -m benchmarks.step_vs_torch --device gpu
 """
 
 from __future__ import annotations
@@ -112,16 +112,20 @@ def build_jax_step(width: int, base_width: Optional[int], dtype: str, device) ->
     'params0' (numpy, for the torch twin)}.
     """
     import functools  # pylint: disable=g-import-not-at-top
+    import types
 
     import jax
     import numpy as np
 
-    from widesparse_jax import train
+    from widesparse_jax import setup, train
 
     config = make_config(width, base_width, dtype)
-    model = train.build_model(config, NUM_CLASSES, int(np.prod(IMAGE_SHAPE)), axis_name=None)
-    tx, schedule = train.make_optimizer(config, steps_per_epoch=390)
-    state = train.create_train_state(config, model, tx, IMAGE_SHAPE, NUM_CLASSES)
+    info = types.SimpleNamespace(
+        num_classes=NUM_CLASSES, image_shape=IMAGE_SHAPE, num_train=390 * BATCH
+    )
+    run = setup.build_run(config, info, axis_name=None)
+    model, tx, schedule = run.model, run.tx, run.schedule
+    state = setup.init_state(run)
     host = jax.device_get(state)
     state = jax.device_put(state, device)
     rng = np.random.RandomState(0)
@@ -400,7 +404,6 @@ def main(argv=None) -> list[dict]:
         if "torch" in sys.modules:
             raise RuntimeError("--omp-wait-policy passive must be set before torch is imported")
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import jax  # pylint: disable=g-import-not-at-top
     import torch
 

@@ -1,6 +1,6 @@
 """Training throughput of the full train loop (input pipeline + pmapped step) on TFDS mock data.
 
-  python benchmarks/train_throughput.py [--width 16] [--base-width 8] [--steps 60] [--batch 128]
+  python -m benchmarks.train_throughput [--width 16] [--base-width 8] [--steps 60] [--batch 128]
 
 Prints steps/s and examples/s measured after the first logging window (which includes
 compilation), for CIFAR-style ResNet-18 on 32x32x3 mock CIFAR-10 images.
@@ -9,16 +9,15 @@ compilation), for CIFAR-style ResNet-18 on 32x32x3 mock CIFAR-10 images.
 import argparse
 import sys
 import tempfile
-from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for configs/
-from widesparse_jax import platform  # noqa: E402
+from widesparse_jax import platform
 
 if "--default-xla" not in sys.argv:
     platform.enable_fast_cpu_convolutions()  # before JAX starts its CPU backend
 from configs import cifar10  # noqa: E402
+from widesparse_jax import metrics as metrics_lib  # noqa: E402
 from widesparse_jax import train  # noqa: E402
 
 

@@ -1,15 +1,18 @@
 """Shared pieces of the width-toolkit experiments (coord check, noise-scale sweep, consistency).
 
-Small pure helpers built from the project's modules (models, masks, optim, parametrization,
-input_pipeline): Fashion-MNIST as flat arrays, a one-hidden-layer MLP family (dense or sparse at
-a base width's weight count) in standard / NTK / μP, and a jitted SGD step whose learning rate is
-a traced argument (so one compiled step serves every lr, and runs can be vmapped over lrs).
+Small helpers on top of the project's modules: Fashion-MNIST as flat arrays, a
+one-hidden-layer MLP family (dense or sparse at a base width's weight count) in standard /
+NTK / μP and a CIFAR-stem ResNet-18 family in SP / μP, both built by the run factory
+``widesparse_jax.setup`` (so masks, μP init and μP learning rates are the ones a training run
+gets), and jitted SGD steps (the project's optimizer, ``optim.make_optimizer``) whose learning
+rate is a traced argument (one compiled step serves every lr; runs can be vmapped over lrs).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 from typing import Any, Optional
 
 import jax
@@ -17,9 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from widesparse_jax import input_pipeline, optim, parametrization
-from widesparse_jax import masks as masks_lib
-from widesparse_jax.models import MLP, mlp_weight_count
+from configs import default as default_config
+from widesparse_jax import input_pipeline, optim, setup
 
 DATASET = "fashion_mnist"
 INPUT_DIM = 784
@@ -69,6 +71,29 @@ class Net:
     parametrization: str  # 'standard' | 'ntk' (native MLP) | 'mup' (via parametrization.py)
 
 
+def _config(model: dict, *, mask_seed: int = 0, dense_layers: tuple = ()):
+    """A run config (configs/default.py) for the toolkit nets: the given model fields,
+    plain SGD at lr 1 without weight decay (the experiments scale updates by a traced lr)."""
+    c = default_config.get_config()
+    c.dataset.name, c.dataset.augment = DATASET, "none"
+    for k, v in model.items():
+        c.model[k] = v
+    c.sparsity.mask_seed, c.sparsity.dense_layers = mask_seed, dense_layers
+    c.optimizer.lr, c.optimizer.weight_decay, c.optimizer.schedule = 1.0, 0.0, "constant"
+    return c
+
+
+def _build(config, image_shape: tuple, key: jax.Array):
+    """(run, variables) of a toolkit net: factory run (no pmap axis), variables from ``key``."""
+    info = types.SimpleNamespace(num_classes=NUM_CLASSES, image_shape=image_shape, num_train=None)
+    run = setup.build_run(config, info, axis_name=None)
+    return run, setup.init_params(run, key)
+
+
+def _masks_as_arrays(masks):
+    return jax.tree.map(jnp.asarray, masks)
+
+
 def make_mlp(
     width: int,
     *,
@@ -80,57 +105,49 @@ def make_mlp(
     mup_base_width: Optional[int] = None,
     fan_in_mode: str = "effective",
 ) -> Net:
-    """MLP 784 -> width -> 10 in parametrization ``param``.
+    """MLP 784 -> width -> 10 in parametrization ``param``, built by ``setup.build_run``.
 
     * 'standard': PyTorch init, biases; lr multipliers all 1.
     * 'ntk': the model's native NTK parametrization (no bias, N(0,1) weights times
       1/sqrt(fan_in)); sparse runs keep the last layer dense (paper Fig. 8).
-    * 'mup': standard model + ``parametrization.apply_parametrization`` /
-      ``lr_multipliers`` relative to ``mup_base_width`` (default ``base_width``).
+    * 'mup': standard model + μP init and lr multipliers relative to ``mup_base_width``
+      (default ``base_width``), ``fan_in_mode`` for sparse layers.
     Sparse: random static masks (paper distribution) keeping the dense ``base_width`` count,
-    then ``rescale_for_density``. Dense: ``base_width`` only sets the μP base.
+    sparse-aware init. Dense: ``base_width`` only sets the μP base.
     """
-    native = "ntk" if param == "ntk" else "standard"
-    model = MLP(
+    fields = dict(
+        name="mlp",
         width=width,
-        num_classes=NUM_CLASSES,
-        parametrization=native,
-        use_bias=(native == "standard"),
+        base_width=base_width if sparse else None,
+        parametrization=param,
+        use_bias=param != "ntk",
+        init_distribution="normal" if param == "ntk" else "uniform",
+        mup_base_width=(mup_base_width or base_width) if param == "mup" else None,
+        mup_fan_in_mode=fan_in_mode,
     )
-    params = model.init(key, jnp.zeros((1, INPUT_DIM)), train=False)["params"]
-    masks = jax.tree.map(lambda _: None, params)
-    if sparse and width > base_width:
-        plan = masks_lib.make_plan(
-            params,
-            masks_lib.insertion_order(params),
-            base_total=mlp_weight_count(base_width, NUM_CLASSES, INPUT_DIM),
-            dense_layers=(("cl/kernel",) if param == "ntk" else ()),
-        )
-        masks = masks_lib.draw_masks(jax.random.key(mask_seed), params, plan)
-        params = masks_lib.rescale_for_density(params, masks)
-    if param == "mup":
-        b = mup_base_width or base_width
-        params = parametrization.apply_parametrization(
-            params, "mup", width, b, masks=masks, fan_in_mode=fan_in_mode
-        )
-        lr_mult = parametrization.lr_multipliers(
-            params, "mup", width, b, masks=masks, fan_in_mode=fan_in_mode
-        )
-    else:
-        lr_mult = jax.tree.map(lambda _: 1.0, params)
-    masks = jax.tree.map(
-        lambda m: None if m is None else jnp.asarray(m), masks, is_leaf=lambda x: x is None
-    )
-    return Net(model, params, masks, lr_mult, width, base_width, sparse, param)
+    dense = ("cl/kernel",) if param == "ntk" else ()
+    config = _config(fields, mask_seed=mask_seed, dense_layers=dense)
+    run, variables = _build(config, (INPUT_DIM,), key)
+    lr_mult = run.lr_multipliers
+    if lr_mult is None:
+        lr_mult = jax.tree.map(lambda _: 1.0, variables["params"])
+    masks = _masks_as_arrays(run.masks)
+    return Net(run.model, variables["params"], masks, lr_mult, width, base_width, sparse, param)
 
 
-def make_tx(net: Net, momentum: float) -> optax.GradientTransformationExtraArgs:
+def make_tx(net, momentum: float) -> optax.GradientTransformationExtraArgs:
     """Masked SGD-momentum (no weight decay) with lr 1 and the net's lr multipliers; the
     caller multiplies the updates by the (traced) base lr - exact, since the lr scale is the
     last, linear stage of the chain."""
     return optim.make_optimizer(
-        None, learning_rate=1.0, momentum=momentum, weight_decay=0.0, lr_multipliers=net.lr_mult
+        1.0, momentum=momentum, weight_decay=0.0, lr_multipliers=net.lr_mult
     )
+
+
+def _apply_update(tx, params, opt_state, masks, grads, lr):
+    updates, opt_state = tx.update(grads, opt_state, params, masks=masks)
+    # tx has lr 1: updates = -(momentum trace) * multiplier; scale by the traced base lr.
+    return jax.tree.map(lambda p, u: p + lr * u, params, updates), opt_state
 
 
 def loss_fn(model, params, x, y):
@@ -141,9 +158,7 @@ def loss_fn(model, params, x, y):
 def sgd_step(model, tx, params, opt_state, masks, lr, x, y):
     """One masked SGD step with traced ``lr``. Returns (params, opt_state, loss)."""
     loss, grads = jax.value_and_grad(lambda p: loss_fn(model, p, x, y))(params)
-    updates, opt_state = tx.update(grads, opt_state, params, masks=masks)
-    # tx has lr 1: updates = -(momentum trace) * multiplier; scale by the traced base lr.
-    params = jax.tree.map(lambda p, u: p + lr * u, params, updates)
+    params, opt_state = _apply_update(tx, params, opt_state, masks, grads, lr)
     return params, opt_state, loss
 
 
@@ -209,7 +224,7 @@ def to_images(x: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass
 class ResNetNet:
     """One member of a ResNet-18 family: module, params, BN statistics, per-leaf lr multipliers
-    (pytree of float32 scalars, traced by the jitted steps) and the μP roles used."""
+    (pytree of floats) and the μP roles used."""
 
     model: Any
     params: Any
@@ -222,36 +237,38 @@ class ResNetNet:
 
 
 def make_resnet(width: int, *, base_width: int, param: str, key: jax.Array) -> ResNetNet:
-    """CIFAR-stem ResNet-18 (stage channels w, 2w, 4w, 8w) for 28x28x1 inputs, 10 classes.
+    """CIFAR-stem ResNet-18 (stage channels w, 2w, 4w, 8w) for 28x28x1 inputs, 10 classes,
+    built by ``setup.build_run`` (no pmap axis: BatchNorm uses the local batch).
 
     * 'standard': PyTorch default init, lr multipliers 1.
-    * 'mup': the standard init rescaled by ``parametrization.apply_parametrization`` and
-      ``lr_multipliers`` relative to ``base_width``, with the roles of ``train.mup_roles``
-      (forward order: first conv 'input', ``linear`` 'output', other kernels 'hidden';
-      BatchNorm scale/bias 'other', i.e. lr x m) - the wiring of ``train.create_train_state``.
+    * 'mup': μP init and lr multipliers relative to ``base_width``, roles from the forward
+      order (first conv 'input', ``linear`` 'output', other kernels 'hidden'; BatchNorm
+      scale/bias 'other', i.e. lr x m) - exactly what a training run gets.
     """
-    from widesparse_jax.models import ResNet18
-    from widesparse_jax.train import mup_roles
-
     if param not in RESNET_PARAMS:
         raise ValueError(f"param {param!r} unknown for the ResNet; allowed: {RESNET_PARAMS}")
-    model = ResNet18(width=width, num_classes=NUM_CLASSES, stem="cifar")
-    x0 = jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32)
-    variables = jax.jit(lambda k: model.init(k, x0, train=False))(key)
-    params, batch_stats = variables["params"], variables["batch_stats"]
-    order = masks_lib.forward_order(
-        lambda p, xx: model.apply({"params": p, "batch_stats": batch_stats}, xx, train=False),
-        params,
-        x0,
+    fields = dict(
+        name="resnet18",
+        width=width,
+        base_width=None,
+        stem="cifar",
+        parametrization=param,
+        mup_base_width=base_width if param == "mup" else None,
     )
-    roles = mup_roles(order)
-    if param == "mup":
-        params = parametrization.apply_parametrization(params, "mup", width, base_width, roles)
-        mult = parametrization.lr_multipliers(params, "mup", width, base_width, roles)
-    else:
-        mult = jax.tree.map(lambda _: 1.0, params)
-    mult = jax.tree.map(lambda m: jnp.asarray(m, jnp.float32), mult)
-    return ResNetNet(model, params, batch_stats, mult, roles, width, base_width, param)
+    run, variables = _build(_config(fields), IMAGE_SHAPE, key)
+    mult = run.lr_multipliers
+    if mult is None:
+        mult = jax.tree.map(lambda _: 1.0, variables["params"])
+    return ResNetNet(
+        run.model,
+        variables["params"],
+        variables["batch_stats"],
+        mult,
+        run.roles,
+        width,
+        base_width,
+        param,
+    )
 
 
 def resnet_loss(model, params, batch_stats, x, y):
@@ -263,33 +280,33 @@ def resnet_loss(model, params, batch_stats, x, y):
     return loss, new["batch_stats"]
 
 
-def resnet_sgd_step(model, params, batch_stats, mom, lr_mult, lr, momentum, x, y):
-    """One heavy-ball SGD step (buf = momentum*buf + g; p -= lr * mult * buf), no weight
-    decay, with every hyper-parameter traced (one compile per model serves SP and μP, all
-    seeds and lrs). x: [B, 28, 28, 1], y: [B]. Returns (params, batch_stats, mom, loss)."""
+def resnet_sgd_step(model, tx, params, batch_stats, opt_state, lr, x, y):
+    """One SGD step of ``tx`` (:func:`make_tx`) with traced ``lr``, BatchNorm on the batch.
+    x: [B, 28, 28, 1], y: [B]. Returns (params, batch_stats, opt_state, loss)."""
     (loss, batch_stats), g = jax.value_and_grad(
         lambda p: resnet_loss(model, p, batch_stats, x, y), has_aux=True
     )(params)
-    mom = jax.tree.map(lambda b, gg: momentum * b + gg, mom, g)
-    params = jax.tree.map(lambda p, b, k: p - lr * k * b, params, mom, lr_mult)
-    return params, batch_stats, mom, loss
+    params, opt_state = _apply_update(tx, params, opt_state, None, g, lr)
+    return params, batch_stats, opt_state, loss
 
 
-resnet_step = jax.jit(resnet_sgd_step, static_argnums=(0,))
+resnet_step = jax.jit(resnet_sgd_step, static_argnums=(0, 1))
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def resnet_train_epoch(model, params, batch_stats, mom, lr_mult, lr, momentum, xb, yb):
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def resnet_train_epoch(model, tx, params, batch_stats, opt_state, lr, xb, yb):
     """lax.scan of :func:`resnet_sgd_step` over xb [S, B, 28, 28, 1], yb [S, B].
-    Returns (params, batch_stats, mom, losses [S])."""
+    Returns (params, batch_stats, opt_state, losses [S])."""
 
     def body(carry, batch):
-        p, bs, m = carry
-        p, bs, m, loss = resnet_sgd_step(model, p, bs, m, lr_mult, lr, momentum, *batch)
-        return (p, bs, m), loss
+        p, bs, s = carry
+        p, bs, s, loss = resnet_sgd_step(model, tx, p, bs, s, lr, *batch)
+        return (p, bs, s), loss
 
-    (params, batch_stats, mom), losses = jax.lax.scan(body, (params, batch_stats, mom), (xb, yb))
-    return params, batch_stats, mom, losses
+    (params, batch_stats, opt_state), losses = jax.lax.scan(
+        body, (params, batch_stats, opt_state), (xb, yb)
+    )
+    return params, batch_stats, opt_state, losses
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))

@@ -22,7 +22,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import serialization
@@ -63,7 +62,7 @@ class Run:
     roles: μP role per counted layer name. lr_multipliers: per-leaf floats (None unless μP).
     """
 
-    config: ml_collections.ConfigDict
+    config: Any  # the resolved, locked ml_collections.ConfigDict
     model: Any
     input_shape: tuple
     num_classes: int
@@ -85,35 +84,43 @@ class Run:
 
 
 def build_model(
-    config: ml_collections.ConfigDict,
+    model_config: Any,
     num_classes: int,
     input_shape: tuple,
     width: int | None = None,
     axis_name: str | None = AXIS,
 ):
-    """The Flax module of ``config.model`` at ``width`` (default ``config.model.width``).
+    """The Flax module described by a model config section at ``width``.
 
-    ``axis_name``: the axis BatchNorm averages its batch statistics over (None outside pmap).
+    ``model_config``: ``config.model`` or any mapping with its fields (``name``, ``width``;
+    the others default as in ``configs/default.py``: stem 'cifar', dtype 'float32',
+    parametrization 'standard', use_bias True, activation 'relu', init_distribution
+    'uniform', bottleneck 'linear'). ``axis_name``: the axis BatchNorm averages its batch
+    statistics over (None outside pmap).
     """
-    m = config.model
-    kwargs: dict[str, Any] = {"dtype": jnp.dtype(m.dtype)}
-    if m.name.startswith("resnet18"):
+
+    def field(name, default=None):
+        return tree.get_dotted(model_config, name, default)
+
+    name, param = field("name"), field("parametrization", "standard")
+    kwargs: dict[str, Any] = {"dtype": jnp.dtype(field("dtype", "float32"))}
+    if name.startswith("resnet18"):
         kwargs["bn_axis_name"] = axis_name
     else:
         # muP is applied to the standard net's params and learning rates (parametrization.py).
         kwargs.update(
-            parametrization="standard" if m.parametrization == "mup" else m.parametrization,
-            use_bias=m.use_bias,
-            activation=m.activation,
-            init_distribution=m.init_distribution,
+            parametrization="standard" if param == "mup" else param,
+            use_bias=field("use_bias", True),
+            activation=field("activation", "relu"),
+            init_distribution=field("init_distribution", "uniform"),
         )
-    if m.name.endswith("_bottleneck"):
-        kwargs.update(base_width=m.base_width, bottleneck=m.bottleneck)
+    if name.endswith("_bottleneck"):
+        kwargs.update(base_width=field("base_width"), bottleneck=field("bottleneck", "linear"))
     return models.create_model(
-        m.name,
-        width or m.width,
+        name,
+        width or field("width"),
         num_classes,
-        stem=m.stem,
+        stem=field("stem", "cifar"),
         input_dim=int(np.prod(input_shape)),
         **kwargs,
     )
@@ -155,7 +162,7 @@ def plan_masks(config, param_shapes, order, num_classes: int, input_shape: tuple
     m = config.model
     if not config_lib.is_sparse(config) or m.name.endswith("_bottleneck"):
         return tree.map_with_path(lambda p, leaf: None, param_shapes), None
-    base = build_model(config, num_classes, input_shape, width=m.base_width, axis_name=None)
+    base = build_model(m, num_classes, input_shape, width=m.base_width, axis_name=None)
     base_total = masks_lib.count_weights(abstract_variables(base, input_shape)["params"])
     plan = masks_lib.make_plan(
         param_shapes,
@@ -170,8 +177,9 @@ def plan_masks(config, param_shapes, order, num_classes: int, input_shape: tuple
 
 
 def mup_roles(order) -> dict:
-    """μP layer roles from the forward order: first kernel 'input', last 'output'."""
-    names = [tree.path_name(p) for p in order]
+    """μP roles of the layers (module paths, so a kernel's bias shares its role) from the
+    forward order: first counted kernel 'input', last 'output', the others 'hidden'."""
+    names = [tree.path_name(p[:-1]) for p in order]
     return {
         n: "input" if i == 0 else "output" if i == len(names) - 1 else "hidden"
         for i, n in enumerate(names)
@@ -202,7 +210,7 @@ def _steps_per_epoch(num_train: int, batch_size: int) -> int:
 
 
 def build_run(
-    config: ml_collections.ConfigDict,
+    config: Any,
     info: Any,
     *,
     axis_name: str | None = AXIS,
@@ -219,8 +227,8 @@ def build_run(
         config = config_lib.resolve_config(config)
     input_shape = tuple(info.image_shape)
     num_classes = int(info.num_classes)
-    model = build_model(config, num_classes, input_shape, axis_name=axis_name)
-    plain = build_model(config, num_classes, input_shape, axis_name=None)
+    model = build_model(config.model, num_classes, input_shape, axis_name=axis_name)
+    plain = build_model(config.model, num_classes, input_shape, axis_name=None)
     variables = abstract_variables(plain, input_shape)
     order = layer_order(plain, variables, input_shape)
     masks, plan = plan_masks(config, variables["params"], order, num_classes, input_shape)
@@ -297,7 +305,7 @@ def abstract_state(run: Run) -> TrainState:
     return jax.eval_shape(lambda: init_state(run))
 
 
-def state_template(config: ml_collections.ConfigDict, info: Any) -> dict:
+def state_template(config: Any, info: Any) -> dict:
     """The checkpoint structure (state dict of ShapeDtypeStructs) of the run of ``config``.
 
     ``info`` needs only ``num_classes`` and ``image_shape`` (e.g. ``data.static_info``), so
