@@ -184,8 +184,8 @@ def train_iterator(spec: DataSpec, layout: BatchLayout, seed: int, start_step: i
 
     Yields {'image': float32 [D, B, size, size, 3], 'label': int32 [D, B]}.
     """
+    sources.resolve_source(spec)  # before importing TF: missing data fails fast
     tf, tfds = sources.import_tf()
-    sources.resolve_source(spec)
     mean, std = _mean_std_255(tf, spec)
     n = sources.tfds_count(spec.name, "train", spec.data_dir, spec.download)
     start, end = process_slice(n, layout, drop_remainder=True)
@@ -209,8 +209,8 @@ def eval_iterator(spec: DataSpec, layout: BatchLayout, split: str) -> Iterator:
     Yields {'image': float32 [D, B, size, size, 3], 'label': int32 [D, B], 'mask': bool [D, B]};
     padding rows are zero images with label 0 and mask False.
     """
+    sources.resolve_source(spec)  # before importing TF: missing data fails fast
     tf, tfds = sources.import_tf()
-    sources.resolve_source(spec)
     split = sources.tfds_split_name(spec.name, split)
     mean, std = _mean_std_255(tf, spec)
     n = sources.tfds_count(spec.name, split, spec.data_dir, spec.download)
