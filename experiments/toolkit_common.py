@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from configs import default as default_config
-from widesparse_jax import input_pipeline, optim, setup
+from widesparse_jax import data, optim, setup
 
 DATASET = "fashion_mnist"
 INPUT_DIM = 784
@@ -33,14 +33,8 @@ def load_fashion_mnist(split: str, n: Optional[int] = None) -> tuple[np.ndarray,
 
     Returns (x float32 [N, 784], y int32 [N]) in file order.
     """
-    it = input_pipeline.create_eval_iterator(
-        DATASET,
-        global_batch_size=10000,
-        split=split,
-        num_local_devices=1,
-        process_index=0,
-        process_count=1,
-        prefetch=0,
+    it = data.create_eval_iterator(
+        data.DataSpec(DATASET), 10000, split=split, devices=data.DeviceLayout(), prefetch=0
     )
     xs, ys = [], []
     for b in it:

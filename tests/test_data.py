@@ -15,14 +15,10 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
+from tests.markers import FMNIST_DIR, needs_fmnist
 from widesparse_jax import choices, data
 from widesparse_jax.data import normalize, prefetch, small, sources
 
-FMNIST_DIR = data.find_idx_dir("fashion_mnist")
-needs_fmnist = pytest.mark.skipif(
-    FMNIST_DIR is None,
-    reason="Fashion-MNIST IDX files not found (apt-get install dataset-fashion-mnist)",
-)
 ONE = data.DeviceLayout(1, 0, 1)
 
 

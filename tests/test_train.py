@@ -18,17 +18,14 @@ import tensorflow_datasets as tfds
 
 from configs import default as default_config
 from configs import fashion_mnist_mlp
+from tests.markers import needs_fmnist
 from widesparse_jax import checkpoint as ckpt_lib
 from widesparse_jax import config as config_lib
+from widesparse_jax import data, optim, restore, setup, train
 from widesparse_jax import masks as masks_lib
 from widesparse_jax import metrics as metrics_lib
-from widesparse_jax import optim, restore, setup, train
 
 ROOT = Path(__file__).resolve().parents[1]
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(
-    not FMNIST.exists(), reason="Debian package dataset-fashion-mnist not installed"
-)
 
 
 def small_mlp_config(**train_overrides):
@@ -62,7 +59,7 @@ def run_main(workdir, *flags, devices=None, check=True, timeout=300):
 def _initial(c):
     """``(run, initial state)`` of config ``c`` through the factory."""
     cfg = config_lib.resolve_config(c)
-    run = setup.build_run(cfg, train.dataset_info(cfg))
+    run = setup.build_run(cfg, data.dataset_info(train.data_spec(cfg)))
     return run, setup.init_state(run)
 
 

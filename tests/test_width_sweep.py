@@ -9,13 +9,10 @@ from pathlib import Path
 import pytest
 
 from experiments import width_sweep as ws
+from tests.markers import needs_fmnist
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "mnist_mlp.py")
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(
-    not FMNIST.exists(), reason="Debian package dataset-fashion-mnist not installed"
-)
 
 TINY = [
     "dataset.name=fashion_mnist",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from widesparse_jax import checkpoint, setup, train
+from widesparse_jax import checkpoint, data, setup
 from widesparse_jax import config as config_lib
 
 
@@ -21,7 +21,9 @@ def load_variables(workdir: str, step: int | None = None):
       pytrees, ``masks`` the keep-mask pytree (bool / None), ``config`` the run's ConfigDict.
     """
     config = config_lib.resolve_config(checkpoint.read_config(workdir))
-    template = setup.state_template(config, train.static_info(config))
+    template = setup.state_template(
+        config, data.static_info(data.DataSpec.from_config(config.dataset))
+    )
     ckpt = checkpoint.Checkpointer(workdir, fingerprint=config_lib.run_fingerprint(config))
     try:
         if step is not None and step != ckpt.latest_step():

@@ -30,7 +30,7 @@ from flax import jax_utils
 
 from widesparse_jax import checkpoint as ckpt_lib
 from widesparse_jax import config as config_lib
-from widesparse_jax import input_pipeline, setup
+from widesparse_jax import data, setup
 from widesparse_jax import masks as masks_lib
 from widesparse_jax import metrics as metrics_lib
 from widesparse_jax.setup import AXIS, TrainState
@@ -133,64 +133,19 @@ def evaluate(p_eval, state, eval_iter: Iterator[dict]) -> dict:
 # ----------------------------------------------------------------------------- data
 
 
-def _data_kwargs(config) -> dict:
-    d = config.dataset
-    return dict(
-        data_dir=d.data_dir,
-        source=d.source,
-        idx_dir=d.idx_dir,
-        normalization=d.normalization,
-        train_subset=d.train_subset,
-        subset_seed=d.subset_seed,
-        image_size=d.image_size,
-        channel_stats=d.get("channel_stats", "dataset"),
-    )
-
-
-def dataset_info(config):
-    """The run's dataset facts (model input shape, classes, examples trained on)."""
-    d = config.dataset
-    return input_pipeline.dataset_info(
-        d.name,
-        data_dir=d.data_dir,
-        source=d.source,
-        idx_dir=d.idx_dir,
-        image_size=d.image_size,
-        train_subset=d.train_subset,
-    )
-
-
-def static_info(config):
-    """The dataset facts a restore template needs, from constants only (reads no data)."""
-    d = config.dataset
-    return input_pipeline.DatasetInfo(
-        name=d.name,
-        num_classes=input_pipeline._NUM_CLASSES[d.name],
-        image_shape=input_pipeline._image_shape(d.name, d.image_size),
-        num_train=None,
-        num_test=None,
-    )
+def data_spec(config) -> data.DataSpec:
+    return data.DataSpec.from_config(config.dataset)
 
 
 def _train_iterator(config, start_step: int):
-    return input_pipeline.create_train_iterator(
-        config.dataset.name,
-        global_batch_size=config.train.batch_size,
-        seed=config.train.seed,
-        start_step=start_step,
-        augment=config.dataset.augment,
-        prefetch=config.train.prefetch,
-        **_data_kwargs(config),
+    t = config.train
+    return data.create_train_iterator(
+        data_spec(config), t.batch_size, t.seed, start_step=start_step, prefetch=t.prefetch
     )
 
 
 def _eval_iterator(config):
-    return input_pipeline.create_eval_iterator(
-        config.dataset.name,
-        global_batch_size=config.train.eval_batch_size,
-        split="test",
-        **_data_kwargs(config),
-    )
+    return data.create_eval_iterator(data_spec(config), config.train.eval_batch_size)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -371,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     config = config_lib.resolve_config(config)
     _check_devices(config)
-    run = setup.build_run(config, dataset_info(config))
+    run = setup.build_run(config, data.dataset_info(data_spec(config)))
     ckpt = ckpt_lib.Checkpointer(
         workdir,
         config_lib.run_fingerprint(config),
