@@ -14,6 +14,7 @@ import pytest
 from golden_paths import SPARSITY_JSON as GOLDEN  # noqa: E402
 
 from widesparse_jax import masks as M
+from widesparse_jax.sparsity.draw import _exact_subset
 
 S = jax.ShapeDtypeStruct
 F32 = jnp.float32
@@ -103,7 +104,7 @@ def test_plan_matches_golden_per_layer(case):
         == 2724 * w * w + 27 * w + 8 * w * nc
         == case["dense_total_at_width"]
     )
-    plan = M.make_plan(params, M.insertion_order(params), base_total=base_total)
+    plan = M.make_plan(params, M.counted_paths(params), base_total=base_total)
     assert [torch_name(l.name) for l in plan.layers] == [l["name"] for l in case["layers"]]
     assert [l.keep for l in plan.layers] == [l["kept"] for l in case["layers"]]
     for lp, gl in zip(plan.layers, case["layers"]):
@@ -276,7 +277,7 @@ def test_make_plan_errors():
         M.make_plan(params, num_to_remove=-5)
     with pytest.raises(ValueError, match="exactly one"):
         M.make_plan(params)
-    order = M.insertion_order(params)[1:]
+    order = M.counted_paths(params)[1:]
     with pytest.raises(ValueError, match="missing: \\['conv1/kernel'\\]"):
         M.make_plan(params, order, base_total=10)
     with pytest.raises(ValueError, match="dense_layers.*bn1"):
@@ -355,7 +356,7 @@ def test_forward_order_ignores_dict_order():
         ["layer2", "layer10", "shortcut", "conv", "head"],
     ):
         params = _toy_params(keys)
-        assert M.insertion_order(params) == [(k, "kernel") for k in keys]
+        assert M.counted_paths(params) == [(k, "kernel") for k in keys]
         assert M.forward_order(_toy_fn, params, x, scale=2.0) == want
         shapes = jax.tree.map(lambda a: S(a.shape, a.dtype), params)
         assert M.forward_order(_toy_fn, shapes, S((2, 3), F32)) == want
@@ -379,7 +380,7 @@ def test_forward_order_flax_module_sorted_keys_differ():
     shuffled = {k: params[k] for k in sorted(params)}
     got = M.forward_order(lambda p, x: net.apply({"params": p}, x), shuffled, jnp.ones((1, 3)))
     assert [p[0] for p in got] == ["layer2", "layer10", "conv", "shortcut"]
-    assert [p[0] for p in M.insertion_order(shuffled)] == ["conv", "layer10", "layer2", "shortcut"]
+    assert [p[0] for p in M.counted_paths(shuffled)] == ["conv", "layer10", "layer2", "shortcut"]
 
 
 def test_forward_order_real_resnet_matches_golden_order():
@@ -494,7 +495,7 @@ def test_exact_subset_uniform():
         counts = {}
         trials = 6000
         for _ in range(trials):
-            s = M._exact_subset(rng, n, k)
+            s = _exact_subset(rng, n, k)
             assert s.sum() == k
             key = tuple(np.flatnonzero(s))
             counts[key] = counts.get(key, 0) + 1
@@ -502,7 +503,7 @@ def test_exact_subset_uniform():
         expect = trials / math.comb(n, k)
         chi2 = sum((c - expect) ** 2 / expect for c in counts.values())
         assert chi2 < 45  # 14 dof: p ~ 5e-5
-    assert M._exact_subset(rng, 10, 0).sum() == 0 and M._exact_subset(rng, 10, 10).all()
+    assert _exact_subset(rng, 10, 0).sum() == 0 and _exact_subset(rng, 10, 10).all()
 
 
 def test_draw_position_frequencies_uniform():
@@ -545,7 +546,7 @@ def test_apply_count_report_rescale():
         fc[masks["fc"]["kernel"]], np.asarray(params["fc"]["kernel"])[masks["fc"]["kernel"]]
     )
     assert M.apply_masks(params, masks)["cl"]["kernel"] is params["cl"]["kernel"]  # dense
-    rep = M.density_report(params, masks, M.insertion_order(params))
+    rep = M.density_report(params, masks, M.counted_paths(params))
     assert rep == [
         {"name": "fc/kernel", "shape": [20, 30], "size": 600, "kept": 150, "density": 0.25},
         {"name": "cl/kernel", "shape": [30, 4], "size": 120, "kept": 120, "density": 1.0},
