@@ -4,7 +4,6 @@ import bisect
 import itertools
 import json
 import math
-import pathlib
 import random
 
 import jax
@@ -585,9 +584,3 @@ def test_check_masks_errors():
             {"fc": {"kernel": S((3, 3), F32)}},
             M.make_plan({"fc/kernel": (3, 4)}, num_to_remove=1),
         )
-
-
-def test_masks_module_has_no_flax_import():
-    src = pathlib.Path(M.__file__).read_text()
-    top = [l for l in src.splitlines() if l.startswith(("import ", "from "))]
-    assert not any("flax" in l for l in top)
