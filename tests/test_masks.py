@@ -584,3 +584,16 @@ def test_check_masks_errors():
             {"fc": {"kernel": S((3, 3), F32)}},
             M.make_plan({"fc/kernel": (3, 4)}, num_to_remove=1),
         )
+
+
+def test_public_face_reexports_one_implementation():
+    from widesparse_jax import choices, tree
+    from widesparse_jax.sparsity import draw, order, plan, report
+
+    assert all(hasattr(M, name) for name in M.__all__)
+    assert M.apply_masks is tree.apply_masks and M.path_name is tree.path_name
+    assert M.make_plan is plan.make_plan and M.forward_order is order.forward_order
+    assert M.draw_masks is draw.draw_masks and M.check_masks is report.check_masks
+    assert M.METHODS == choices.PLAN_METHODS and M.GRANULARITIES == choices.GRANULARITIES
+    for gone in ("insertion_order", "walk_leaves", "map_with_path", "_leaves_by_path"):
+        assert not hasattr(M, gone), gone
