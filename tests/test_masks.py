@@ -4,7 +4,6 @@ import bisect
 import itertools
 import json
 import math
-import pathlib
 import random
 
 import jax
@@ -14,6 +13,7 @@ import pytest
 from golden_paths import SPARSITY_JSON as GOLDEN  # noqa: E402
 
 from widesparse_jax import masks as M
+from widesparse_jax.sparsity.draw import _exact_subset
 
 S = jax.ShapeDtypeStruct
 F32 = jnp.float32
@@ -103,7 +103,7 @@ def test_plan_matches_golden_per_layer(case):
         == 2724 * w * w + 27 * w + 8 * w * nc
         == case["dense_total_at_width"]
     )
-    plan = M.make_plan(params, M.insertion_order(params), base_total=base_total)
+    plan = M.make_plan(params, M.counted_paths(params), base_total=base_total)
     assert [torch_name(l.name) for l in plan.layers] == [l["name"] for l in case["layers"]]
     assert [l.keep for l in plan.layers] == [l["kept"] for l in case["layers"]]
     for lp, gl in zip(plan.layers, case["layers"]):
@@ -276,7 +276,7 @@ def test_make_plan_errors():
         M.make_plan(params, num_to_remove=-5)
     with pytest.raises(ValueError, match="exactly one"):
         M.make_plan(params)
-    order = M.insertion_order(params)[1:]
+    order = M.counted_paths(params)[1:]
     with pytest.raises(ValueError, match="missing: \\['conv1/kernel'\\]"):
         M.make_plan(params, order, base_total=10)
     with pytest.raises(ValueError, match="dense_layers.*bn1"):
@@ -355,7 +355,7 @@ def test_forward_order_ignores_dict_order():
         ["layer2", "layer10", "shortcut", "conv", "head"],
     ):
         params = _toy_params(keys)
-        assert M.insertion_order(params) == [(k, "kernel") for k in keys]
+        assert M.counted_paths(params) == [(k, "kernel") for k in keys]
         assert M.forward_order(_toy_fn, params, x, scale=2.0) == want
         shapes = jax.tree.map(lambda a: S(a.shape, a.dtype), params)
         assert M.forward_order(_toy_fn, shapes, S((2, 3), F32)) == want
@@ -379,7 +379,7 @@ def test_forward_order_flax_module_sorted_keys_differ():
     shuffled = {k: params[k] for k in sorted(params)}
     got = M.forward_order(lambda p, x: net.apply({"params": p}, x), shuffled, jnp.ones((1, 3)))
     assert [p[0] for p in got] == ["layer2", "layer10", "conv", "shortcut"]
-    assert [p[0] for p in M.insertion_order(shuffled)] == ["conv", "layer10", "layer2", "shortcut"]
+    assert [p[0] for p in M.counted_paths(shuffled)] == ["conv", "layer10", "layer2", "shortcut"]
 
 
 def test_forward_order_real_resnet_matches_golden_order():
@@ -494,7 +494,7 @@ def test_exact_subset_uniform():
         counts = {}
         trials = 6000
         for _ in range(trials):
-            s = M._exact_subset(rng, n, k)
+            s = _exact_subset(rng, n, k)
             assert s.sum() == k
             key = tuple(np.flatnonzero(s))
             counts[key] = counts.get(key, 0) + 1
@@ -502,7 +502,7 @@ def test_exact_subset_uniform():
         expect = trials / math.comb(n, k)
         chi2 = sum((c - expect) ** 2 / expect for c in counts.values())
         assert chi2 < 45  # 14 dof: p ~ 5e-5
-    assert M._exact_subset(rng, 10, 0).sum() == 0 and M._exact_subset(rng, 10, 10).all()
+    assert _exact_subset(rng, 10, 0).sum() == 0 and _exact_subset(rng, 10, 10).all()
 
 
 def test_draw_position_frequencies_uniform():
@@ -545,7 +545,7 @@ def test_apply_count_report_rescale():
         fc[masks["fc"]["kernel"]], np.asarray(params["fc"]["kernel"])[masks["fc"]["kernel"]]
     )
     assert M.apply_masks(params, masks)["cl"]["kernel"] is params["cl"]["kernel"]  # dense
-    rep = M.density_report(params, masks, M.insertion_order(params))
+    rep = M.density_report(params, masks, M.counted_paths(params))
     assert rep == [
         {"name": "fc/kernel", "shape": [20, 30], "size": 600, "kept": 150, "density": 0.25},
         {"name": "cl/kernel", "shape": [30, 4], "size": 120, "kept": 120, "density": 1.0},
@@ -586,7 +586,14 @@ def test_check_masks_errors():
         )
 
 
-def test_masks_module_has_no_flax_import():
-    src = pathlib.Path(M.__file__).read_text()
-    top = [l for l in src.splitlines() if l.startswith(("import ", "from "))]
-    assert not any("flax" in l for l in top)
+def test_public_face_reexports_one_implementation():
+    from widesparse_jax import choices, tree
+    from widesparse_jax.sparsity import draw, order, plan, report
+
+    assert all(hasattr(M, name) for name in M.__all__)
+    assert M.apply_masks is tree.apply_masks and M.path_name is tree.path_name
+    assert M.make_plan is plan.make_plan and M.forward_order is order.forward_order
+    assert M.draw_masks is draw.draw_masks and M.check_masks is report.check_masks
+    assert M.METHODS == choices.PLAN_METHODS and M.GRANULARITIES == choices.GRANULARITIES
+    for gone in ("insertion_order", "walk_leaves", "map_with_path", "_leaves_by_path"):
+        assert not hasattr(M, gone), gone

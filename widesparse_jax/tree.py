@@ -13,9 +13,9 @@ pytree nodes (Equinox / dataclass fields), integer indices of sequences. Its **n
 
 Two rules differ from ``jax.tree_util.tree_flatten_with_path``:
 
-* Python dicts are walked in **insertion order** (Flax Linen ``init`` inserts in call
-  order, so the first kernel is the input layer); JAX's flattening sorts dict keys. Other
-  mappings that are pytree nodes (NNX ``State``, ``FrozenDict``) follow JAX's order;
+* mappings are walked in their own **insertion order** (Flax Linen ``init`` inserts in
+  call order, so the first kernel is the input layer; ``FrozenDict`` keeps its order too);
+  JAX's flattening sorts dict keys. NNX ``State`` iterates in JAX's order anyway;
 * a **box** node (one child stored under the attribute ``value``, e.g. an NNX ``Variable``)
   adds no key to the path, so NNX names end in ``kernel`` like Linen's.
 
@@ -76,10 +76,11 @@ def as_path(name: Path | str) -> Path:
 def children(node: Any) -> tuple[list[tuple[Any, Any]], Any] | None:
     """One level of ``node``: ``([(key, child), ...], rebuild)`` or None for a leaf.
 
-    ``rebuild(list_of_children)`` makes a node of the same type. Python dicts keep
-    insertion order; every other pytree node (NNX ``State``, ``FrozenDict``, tuples, Equinox
-    modules...) is opened by JAX's own flattening of one level, with ``None`` children kept.
-    A mapping that is not a registered pytree node is walked like a dict.
+    ``rebuild(list_of_children)`` makes a node of the same type. Mappings keep their own
+    key order: Python dicts, mappings that are not pytree nodes and mapping nodes whose key
+    order differs from JAX's (``FrozenDict``) are walked key by key and rebuilt with the
+    same order. Every other pytree node (NNX ``State``, tuples, Equinox modules,
+    dataclasses...) is opened by JAX's own flattening of one level, ``None`` children kept.
     """
     if node is None:
         return None
@@ -89,7 +90,10 @@ def children(node: Any) -> tuple[list[tuple[Any, Any]], Any] | None:
     if len(flat) == 1 and flat[0][1] is node:
         # A leaf to JAX (array, ShapeDtypeStruct, scalar, function...), unless a mapping.
         return _mapping_children(node) if isinstance(node, Mapping) else None
-    return [(kp[0], v) for kp, v in flat], treedef.unflatten
+    kids = [(kp[0], v) for kp, v in flat]
+    if isinstance(node, Mapping) and [key_name(k) for k, _ in kids] != list(node.keys()):
+        return _mapping_children(node)  # FrozenDict: JAX sorts its keys
+    return kids, treedef.unflatten
 
 
 def _mapping_children(node: Mapping) -> tuple[list[tuple[Any, Any]], Any]:
@@ -148,12 +152,21 @@ def shape_of(leaf: Any) -> tuple | None:
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
     """Zeroes the removed weights: ``where(mask, w, 0)`` per masked leaf (jit-safe).
 
-    ``masks`` mirrors ``params`` (bool leaf = keep, ``None`` = dense); ``masks=None`` means
-    all dense. Works on arrays and tracers alike.
+    ``masks`` mirrors ``params`` (bool leaf of the weight's shape = keep, ``None`` = dense);
+    ``masks=None`` means all dense. Works on arrays and tracers alike; the result has the
+    structure of ``params``. A mask with no leaf of its shape at its path in ``params`` is a
+    ValueError (it would otherwise be ignored or broadcast).
     """
     if masks is None:
         return params
-    by_path = leaves_by_path(masks)
+    by_path = {p: m for p, m in walk(masks) if m is not None}
+    leaves = leaves_by_path(params)
+    for path, mask in by_path.items():
+        if shape_of(leaves.get(path)) != shape_of(mask):
+            raise ValueError(
+                f"mask at {path_name(path)!r} has shape {shape_of(mask)}, params have "
+                f"{shape_of(leaves.get(path)) if path in leaves else 'no such leaf'}"
+            )
 
     def apply(path, leaf):
         mask = by_path.get(path)

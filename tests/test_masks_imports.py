@@ -1,0 +1,31 @@
+"""``import widesparse_jax.masks`` stays light: no Flax, TensorFlow, TFDS or torch."""
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HEAVY = ("flax", "tensorflow", "tensorflow_datasets", "torch")
+
+_PROBE = """
+import sys
+import widesparse_jax.masks, widesparse_jax.tree
+from widesparse_jax.sparsity import counted, distributions, draw, order, plan, report
+heavy = {heavy!r}
+print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
+print(widesparse_jax.masks.__file__)
+"""
+
+
+def test_masks_imports_no_flax_tf_tfds_torch():
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(heavy=HEAVY)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded, path = proc.stdout.splitlines()[-2:]
+    assert loaded == "[]", f"importing widesparse_jax.masks loaded {loaded}"
+    assert path == str(ROOT / "widesparse_jax" / "masks.py")
