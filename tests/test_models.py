@@ -121,7 +121,7 @@ def test_resnet_param_names_match_contract():
     assert _module_leaves(v["params"]) == expected
     bn = {m for m in EXPECTED_RESNET_MODULES if m.split("/")[-1].startswith(("bn", "shortcut_1"))}
     assert _module_leaves(v["batch_stats"]) == {f"{m}/{s}" for m in bn for s in ("mean", "var")}
-    # Flax init (un-jitted) inserts in forward order (masks.insertion_order relies on it);
+    # Flax init (un-jitted) inserts in forward order (masks.counted_paths relies on it);
     # eval_shape output is key-sorted, so use a real init here.
     order = []
 

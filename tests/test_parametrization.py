@@ -105,7 +105,7 @@ def test_mup_factors_resnet(resnet_shapes):
 
 def _sparse_mlp(width, base):
     p = mlp_params(width)
-    plan = masks_lib.make_plan(p, masks_lib.insertion_order(p), base_total=784 * base + base * 10)
+    plan = masks_lib.make_plan(p, masks_lib.counted_paths(p), base_total=784 * base + base * 10)
     m = masks_lib.draw_masks(jax.random.key(0), p, plan)
     return masks_lib.rescale_for_density(p, m), m
 
@@ -131,9 +131,7 @@ def test_composes_with_masked_optimizer():
     p, m = _sparse_mlp(32, 8)
     p = P.apply_parametrization(p, "mup", 32, 8, masks=m)
     mult = P.lr_multipliers(p, "mup", 32, 8, masks=m)
-    tx = optim.make_optimizer(
-        None, learning_rate=0.1, momentum=0.9, weight_decay=0.0, lr_multipliers=mult
-    )
+    tx = optim.make_optimizer(0.1, momentum=0.9, weight_decay=0.0, lr_multipliers=mult)
     jm = jax.tree.map(
         lambda x: None if x is None else jnp.asarray(x), m, is_leaf=lambda x: x is None
     )

@@ -41,7 +41,6 @@ import sys
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 
 from widesparse_jax.choices import GRANULARITIES, PLAN_METHODS, SPARSITY_METHODS
 from widesparse_jax.sparsity.counted import WEIGHT_NAMES, counted_paths, is_counted
@@ -101,20 +100,15 @@ __all__ = [
 
 
 def _model_shapes(model_name: str, width: int, num_classes: int, stem: str, input_dim: int):
-    """(model, params shapes, other variable shapes, input struct) from ``jax.eval_shape``.
+    """``(params shapes, forward order)`` of a model, built by the run factory
+    ``widesparse_jax.setup`` (lazy import: keeps this module Flax-free)."""
+    from widesparse_jax import models, setup
 
-    The one place the CLI builds a model (lazy import: keeps this module Flax-free).
-    """
-    from widesparse_jax.models import create_model, input_shape
-
-    model = create_model(model_name, width, num_classes, stem=stem, input_dim=input_dim)
-    x = jax.ShapeDtypeStruct(
-        (1,) + tuple(input_shape(model_name, stem=stem, input_dim=input_dim)), jnp.float32
-    )
-    variables = jax.eval_shape(lambda k, xx: model.init(k, xx, train=False), jax.random.key(0), x)
-    variables = dict(variables)
-    params = variables.pop("params")
-    return model, params, variables, x
+    shape = models.input_shape(model_name, stem=stem, input_dim=input_dim)
+    fields = {"name": model_name, "width": width, "stem": stem}
+    model = setup.build_model(fields, num_classes, shape, axis_name=None)
+    variables = setup.abstract_variables(model, shape)
+    return variables["params"], setup.layer_order(model, variables, shape)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,19 +166,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = _parser()
     a = ap.parse_args(argv)
     base_width = _base_width(ap, a)
-    model, params, others, x = _model_shapes(a.model, a.width, a.num_classes, a.stem, a.input_dim)
-    order = forward_order(
-        lambda p, o, xx: model.apply({"params": p, **o}, xx, train=False), params, others, x
-    )
+    params, order = _model_shapes(a.model, a.width, a.num_classes, a.stem, a.input_dim)
     base_params = params
     if base_width != a.width:
-        base = _model_shapes(a.model, base_width, a.num_classes, a.stem, a.input_dim)
-        base_params = base[1]
+        base_params, _ = _model_shapes(a.model, base_width, a.num_classes, a.stem, a.input_dim)
     dense = [d for d in a.dense_layers.split(",") if d]
     try:
         plan = make_plan(
             params,
-            order,
+            list(order),
             base_total=count_weights(base_params),
             method=a.method,
             granularity=a.granularity,
