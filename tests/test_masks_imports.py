@@ -28,4 +28,4 @@ def test_masks_imports_no_flax_tf_tfds_torch():
     assert proc.returncode == 0, proc.stderr
     loaded, path = proc.stdout.splitlines()[-2:]
     assert loaded == "[]", f"importing widesparse_jax.masks loaded {loaded}"
-    assert path == str(ROOT / "widesparse_jax" / "masks.py")
+    assert path == str(ROOT / "widesparse_jax" / "masks" / "__init__.py")
