@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments import sweep_report
 from experiments import width_sweep as ws
 from tests.markers import needs_fmnist
 
@@ -156,10 +157,10 @@ def test_aggregate_mean_std_over_seeds():
         }
         for s, a in ((0, 80.0), (1, 84.0))
     ]
-    (agg,) = ws.aggregate(rows)
+    (agg,) = sweep_report.aggregate(rows)
     assert agg["n"] == 2 and agg["best_test_accuracy"] == pytest.approx(82.0)
     assert agg["best_test_accuracy_std"] == pytest.approx(2**0.5 * 2)  # sample std
-    assert "82.00 ± 2.83" in ws.markdown_table([agg])
+    assert "82.00 ± 2.83" in sweep_report.markdown_table([agg])
 
 
 @needs_fmnist
@@ -177,7 +178,7 @@ def test_tiny_sweep_writes_csv_table_figure(tiny_sweep):
     assert all(r["steps"] == 8 and 0 < r["best_test_accuracy"] <= 100 for r in rows)
     with open(os.path.join(out, "runs.csv")) as f:
         csv_rows = list(csv.DictReader(f))
-    assert len(csv_rows) == 3 and set(ws.CSV_FIELDS) == set(csv_rows[0])
+    assert len(csv_rows) == 3 and set(sweep_report.CSV_FIELDS) == set(csv_rows[0])
     assert csv_rows[2]["family"] == "sparse" and float(csv_rows[2]["density"]) == 0.5
     table = Path(out, "table.md").read_text()
     assert "### tiny" in table and "| sparse | 10 | 3970 | 0.5 |" in table
@@ -280,7 +281,7 @@ def test_run_one_rejects_sparse_at_base_width(capsys):
 
 def test_report_without_runs_errors(tmp_path):
     with pytest.raises(ValueError, match="no finished runs"):
-        ws.write_report(str(tmp_path))
+        sweep_report.write_report(str(tmp_path))
 
 
 def test_family_curves_start_at_dense_base_point():
@@ -301,7 +302,7 @@ def test_family_curves_start_at_dense_base_point():
         pt("sparse", 16, 8),
         pt("bottleneck-linear", 16, 8),
     ]
-    curves = ws.family_curves(agg)
+    curves = sweep_report.family_curves(agg)
     assert [p["width"] for p in curves["dense"]] == [4, 8, 16]
     assert [p["width"] for p in curves["sparse"]] == [8, 16]  # base 8, not the narrowest 4
     assert curves["sparse"][0]["family"] == "dense"
