@@ -114,6 +114,8 @@ def build_model(
             activation=field("activation", "relu"),
             init_distribution=field("init_distribution", "uniform"),
         )
+        if field("batch_norm", False):  # baseline MLP files with BatchNorm (baseline.logits)
+            kwargs["batch_norm"] = True
     if name.endswith("_bottleneck"):
         kwargs.update(base_width=field("base_width"), bottleneck=field("bottleneck", "linear"))
     return models.create_model(
