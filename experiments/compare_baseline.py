@@ -36,7 +36,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -440,5 +439,4 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main()

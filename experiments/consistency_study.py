@@ -39,11 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import toolkit_common as tc  # noqa: E402
-
-from widesparse_jax.analysis import consistency as cons  # noqa: E402
-from widesparse_jax.analysis import noise_scale as ns  # noqa: E402
+from experiments import toolkit_common as tc
+from widesparse_jax.analysis import consistency as cons
+from widesparse_jax.analysis import noise_scale as ns
 
 SETTINGS = (("standard", False), ("mup", False), ("standard", True), ("mup", True))
 
@@ -325,20 +323,13 @@ def train_resnet_run(
     ``seed`` and the epoch only. Returns {'losses' [T], 'params', 'batch_stats',
     'test_logits' [N_test, 10], 'features' [N_test, 8w] (penultimate, eval mode), 'test_acc'}."""
     p, bs = net.params, net.batch_stats
-    mom = jax.tree.map(jnp.zeros_like, p)
+    tx = tc.make_tx(net, momentum)
+    state = tx.init(p)
     losses = []
     for e in range(epochs):
         xb, yb = tc.epoch_batches(data["x"], data["y"], batch_size, seed, e)
-        p, bs, mom, l = tc.resnet_train_epoch(
-            net.model,
-            p,
-            bs,
-            mom,
-            net.lr_mult,
-            jnp.float32(lr),
-            jnp.float32(momentum),
-            jnp.asarray(xb),
-            jnp.asarray(yb),
+        p, bs, state, l = tc.resnet_train_epoch(
+            net.model, tx, p, bs, state, jnp.float32(lr), jnp.asarray(xb), jnp.asarray(yb)
         )
         losses.append(np.asarray(l))
     # Test outputs with BN on batch statistics (chunks of 1000 test images, the same chunks for

@@ -29,8 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import toolkit_common as tc  # noqa: E402
+from experiments import toolkit_common as tc
 
 QUANTITIES = ("h", "logits", "delta_h", "delta_logits")
 PARAMS = ("standard", "ntk", "mup", "mup_nominal")
@@ -312,19 +311,19 @@ def coord_check_resnet(
                 )
                 probe_fn = probe_fn or _resnet_probe_fn(net.model)
                 p, bs = net.params, net.batch_stats
-                mom = jax.tree.map(jnp.zeros_like, p)
+                tx = tc.make_tx(net, 0.0)
+                state = tx.init(p)
                 a0 = probe_fn(p, bs, probe_x)
                 for t in range(steps + 1):
                     if t > 0:
                         sl = slice((t - 1) * batch_size, t * batch_size)
-                        p, bs, mom, _ = tc.resnet_step(
+                        p, bs, state, _ = tc.resnet_step(
                             net.model,
+                            tx,
                             p,
                             bs,
-                            mom,
-                            net.lr_mult,
+                            state,
                             jnp.float32(lr),
-                            jnp.float32(0.0),
                             jnp.asarray(x[sl]),
                             jnp.asarray(y[sl]),
                         )

@@ -26,10 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import toolkit_common as tc  # noqa: E402
-
-from widesparse_jax.analysis import noise_scale as ns  # noqa: E402
+from experiments import toolkit_common as tc
+from widesparse_jax.analysis import noise_scale as ns
 
 DEFAULT_LRS = {
     "ntk": (3.0, 10.0, 30.0, 100.0, 300.0, 1000.0),

@@ -361,7 +361,6 @@ def test_export_from_checkpoint_workdir(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     import jax
 
-    sys.path.insert(0, str(REPO))
     from configs import default
     from widesparse_jax import checkpoint, train
     from widesparse_jax import config as cfglib

@@ -2,8 +2,6 @@
 masked optimizer, and the μP coordinate check on real Fashion-MNIST."""
 
 import math
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,10 +12,6 @@ from widesparse_jax import masks as masks_lib
 from widesparse_jax import optim
 from widesparse_jax import parametrization as P
 from widesparse_jax.models import MLP, ResNet18
-
-EXPERIMENTS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"
-)
 
 
 def mlp_params(width, key=0):
@@ -170,8 +164,7 @@ def test_bad_inputs():
 def test_coordinate_check_mup_flat_sp_not():
     """After one SGD step on real Fashion-MNIST, the logits' and hidden pre-activations'
     updates are flat in width under μP (|log-slope| < 0.1) and not under SP."""
-    sys.path.insert(0, EXPERIMENTS)
-    import coord_check as cc
+    from experiments import coord_check as cc
 
     rec = cc.coord_check(
         [256, 1024, 4096], params=("standard", "mup"), steps=1, seeds=(0, 1), base_width=64, lr=0.1

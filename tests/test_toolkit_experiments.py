@@ -1,20 +1,12 @@
 """Smoke tests of the width-toolkit experiment functions (tiny settings, real Fashion-MNIST)."""
 
-import os
-import sys
-
 import jax
 import numpy as np
 import pytest
 
-EXPERIMENTS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"
-)
-sys.path.insert(0, EXPERIMENTS)
-
-import consistency_study as cs  # noqa: E402
-import noise_scale_sweep as nss  # noqa: E402
-import toolkit_common as tc  # noqa: E402
+from experiments import consistency_study as cs
+from experiments import noise_scale_sweep as nss
+from experiments import toolkit_common as tc
 
 
 @pytest.fixture(scope="module")
