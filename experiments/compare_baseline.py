@@ -1,6 +1,6 @@
 """Side-by-side comparison of PyTorch-baseline runs and runs of this project.
 
-    python experiments/compare_baseline.py --baseline RUN_DIR [RUN_DIR ...] \\
+    python -m experiments.compare_baseline --baseline RUN_DIR [RUN_DIR ...] \\
         --ours WORKDIR [WORKDIR ...] [--out curves.png] [--json report.json] [--k 2] \\
         [--default-std 0.5]
 

@@ -16,10 +16,10 @@ Measured with ``widesparse_jax.analysis.consistency``:
   stability threshold 2(1 + m)/lr.
 
 Run (writes results/toolkit/consistency_*.{csv,md,png}):
-    python experiments/consistency_study.py --out results/toolkit
+    python -m experiments.consistency_study --out results/toolkit
 
 ResNet-18 (CIFAR stem), SP vs μP, dense (writes results/toolkit/consistency_resnet.*):
-    python experiments/consistency_study.py --model resnet --widths 4,8,16 --base-width 4 \
+    python -m experiments.consistency_study --model resnet --widths 4,8,16 --base-width 4 \
         --n-train 5000 --epochs 1 --out results/toolkit
 """
 

@@ -7,10 +7,10 @@ hidden pre-activation h, of the logits f, and of their changes since init (Δh =
 shrinks ~ width^-1/2; under NTK Δf is flat and Δh shrinks (lazy/kernel regime).
 
 Run (writes results/toolkit/coord_check_*.{csv,png}):
-    python experiments/coord_check.py --out results/toolkit
+    python -m experiments.coord_check --out results/toolkit
 
 ResNet-18 (CIFAR stem, 28x28x1 inputs) SP vs μP, per-layer RMS (stem, stage outputs, logits):
-    python experiments/coord_check.py --model resnet --widths 4,8,16,32 --base-width 4 \
+    python -m experiments.coord_check --model resnet --widths 4,8,16,32 --base-width 4 \
         --steps 3 --lr 0.05 --seeds 2 --out results/toolkit
 """
 

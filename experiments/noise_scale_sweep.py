@@ -8,7 +8,7 @@ recorded together with g_bar = lr / (B (1 - m) sigma2_init). The analysis (pure 
 width and its power-law fit vs width, and the best batch size per width.
 
 Run (writes results/toolkit/noise_scale_<param>.{csv,md}, *_acc_vs_g.png, *_gopt_vs_width.png):
-    python experiments/noise_scale_sweep.py --out results/toolkit --param ntk
+    python -m experiments.noise_scale_sweep --out results/toolkit --param ntk
 """
 
 from __future__ import annotations

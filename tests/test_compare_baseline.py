@@ -14,8 +14,8 @@ from experiments import compare_baseline as cb
 
 ROOT = Path(__file__).resolve().parents[1]
 from golden_paths import INTEROP_DIR as INTEROP  # noqa: E402
+from markers import FMNIST_DIR  # noqa: E402
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fixture = pytest.mark.skipif(
     not (INTEROP / "stats.pt").exists(),
     reason="shared baseline fixture ../shared/golden/interop missing",
@@ -25,7 +25,7 @@ needs_fixture = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def our_workdir(tmp_path_factory):
     """A real, short training run of this project (Fashion-MNIST MLP, 2 epochs of 10 steps)."""
-    if not FMNIST.exists():
+    if FMNIST_DIR is None:
         pytest.skip("Debian package dataset-fashion-mnist not installed")
     from configs import fashion_mnist_mlp
     from widesparse_jax import train
