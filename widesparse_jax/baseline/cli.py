@@ -56,67 +56,76 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _logits(a: argparse.Namespace) -> None:
+    if not os.path.isfile(a.input):
+        raise ValueError(f"--input {a.input!r}: no such file")
+    x = np.load(a.input, allow_pickle=False)
+    if x.dtype != np.float32:
+        x = x.astype(np.float32)
+    y = baseline_logits(
+        a.model_file,
+        a.mask_file,
+        x,
+        width=a.width,
+        num_classes=a.num_classes,
+        allow_pickle=a.allow_pickle,
+    )
+    np.save(a.output, y)
+    print(f"wrote {a.output} {y.shape} float32")
+
+
+def _convert(a: argparse.Namespace) -> None:
+    bm = load_baseline(
+        a.model_file,
+        a.mask_file,
+        width=a.width,
+        num_classes=a.num_classes,
+        allow_pickle=a.allow_pickle,
+    )
+    meta = {
+        "model": bm.layout.model,
+        "width": a.width,
+        "num_classes": a.num_classes,
+        "layout": bm.layout.description,
+        "epoch": bm.epoch,
+        "base_width": bm.args.get("base_width"),
+        "source": os.path.abspath(a.model_file),
+        "baseline_args": {
+            k: v for k, v in bm.args.items() if v is None or isinstance(v, (bool, int, float, str))
+        },
+    }
+    save_npz(a.output, bm.variables, bm.masks, bm.momentum, meta)
+    print(f"wrote {a.output}")
+
+
+def _export(a: argparse.Namespace) -> None:
+    paths = export_from(
+        a.input,
+        a.out_dir,
+        width=a.width,
+        num_classes=a.num_classes,
+        base_width=a.base_width,
+        stem=a.stem,
+        epoch=a.epoch,
+        model_name=a.model_name,
+        args={"lr": a.lr} if a.lr is not None else {},
+    )
+    print("wrote " + " ".join(paths))
+
+
+def _stats(a: argparse.Namespace) -> None:
+    s = read_stats(a.stats_file)
+    print(json.dumps({k: v.tolist() for k, v in s.items()}))
+
+
+_COMMANDS = {"logits": _logits, "convert": _convert, "export": _export, "stats": _stats}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point; returns the exit code (errors: message on stderr, code 2)."""
     a = _parser().parse_args(argv)
     try:
-        if a.cmd == "logits":
-            if not os.path.isfile(a.input):
-                raise ValueError(f"--input {a.input!r}: no such file")
-            x = np.load(a.input, allow_pickle=False)
-            if x.dtype != np.float32:
-                x = x.astype(np.float32)
-            y = baseline_logits(
-                a.model_file,
-                a.mask_file,
-                x,
-                width=a.width,
-                num_classes=a.num_classes,
-                allow_pickle=a.allow_pickle,
-            )
-            np.save(a.output, y)
-            print(f"wrote {a.output} {y.shape} float32")
-        elif a.cmd == "convert":
-            bm = load_baseline(
-                a.model_file,
-                a.mask_file,
-                width=a.width,
-                num_classes=a.num_classes,
-                allow_pickle=a.allow_pickle,
-            )
-            meta = {
-                "model": bm.layout.model,
-                "width": a.width,
-                "num_classes": a.num_classes,
-                "layout": bm.layout.description,
-                "epoch": bm.epoch,
-                "base_width": bm.args.get("base_width"),
-                "source": os.path.abspath(a.model_file),
-                "baseline_args": {
-                    k: v
-                    for k, v in bm.args.items()
-                    if v is None or isinstance(v, (bool, int, float, str))
-                },
-            }
-            save_npz(a.output, bm.variables, bm.masks, bm.momentum, meta)
-            print(f"wrote {a.output}")
-        elif a.cmd == "export":
-            overrides = {"lr": a.lr} if a.lr is not None else {}
-            paths = export_from(
-                a.input,
-                a.out_dir,
-                width=a.width,
-                num_classes=a.num_classes,
-                base_width=a.base_width,
-                stem=a.stem,
-                epoch=a.epoch,
-                model_name=a.model_name,
-                args=overrides,
-            )
-            print("wrote " + " ".join(paths))
-        elif a.cmd == "stats":
-            s = read_stats(a.stats_file)
-            print(json.dumps({k: v.tolist() for k, v in s.items()}))
+        _COMMANDS[a.cmd](a)
     except (ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
