@@ -1,4 +1,31 @@
-r"""GP-kernel theory of a sparse, wide, one-hidden-layer ReLU network.
+r"""GP-kernel theory of a sparse, wide, one-hidden-layer ReLU network (paper Sec. 3, App. F).
+
+Verified model (paper, Sec. 3): f(x) = (n d)^(-1/2) v^T relu(u x), no biases; every parameter
+is N(0, sigma^2) with probability p and 0 otherwise, sigma^2 = 1/p; Theta_GP = grad_v f(x) .
+grad_v f(y).  Theorem 1 is stated for a FIXED pair (x, y), expectation over parameters only::
+
+    E[(Theta_GP - Theta_inf)^2] = (1/d^2)[K~1,p - K1]^2 + (1/(d^2 n))[K~2,p - K~1,p^2]
+
+(``theorem1_pointwise`` / ``masked_terms_batch`` in gp_theorem; checked against a Monte Carlo
+of the network in tests/test_gp_theorem.py).  The module split: gp_arccos (K1, K2, the
+finite kernel), gp_gaussian (exact D averaged over Gaussian pairs, below), gp_theorem (the
+pointwise evaluator); this module keeps eq. (4), "the paper's approximation", and re-exports.
+
+Where the paper's non-vanishing mask term comes from (App. F.1).  The approximation assumes
+Gaussian inputs and d p >> 1 and replaces the mask sum by ONE typical mask with |s| ~ p d,
+taking the masked overlap x_s.y_s ~ xi sqrt(d p) with the SAME sign xi as the dense overlap
+x.y ~ xi sqrt(d).  That step makes K~1,p - K1 proportional to (1/sqrt(p) - 1) for every pair,
+hence the n-independent (1/sqrt(p) - 1)^2 / (16 d) of eq. (4).  But averaged over masks
+E_s[x_s.y_s] = p x.y exactly (each coordinate is kept with probability p), so the linear
+(sign-carrying) term of K~1,p - K1 cancels; the mask-to-mask fluctuation of x_s.y_s is
+independent across hidden units and lands in K~2,p - K~1,p^2, i.e. in the 1/n term.  For
+Gaussian inputs the exact D below shows this: the bias is O((1/p^2 - 1)/d^3), not O(1/d).
+On real images (Fashion-MNIST, per-pixel standardized) the bias is not zero pair by pair
+(the norms and overlaps of x_s, y_s are not those of Gaussian vectors) and a shallow interior
+optimum appears: results/gp_kernel/README.md.
+
+The rest of this docstring is the Gaussian-input derivation (gp_gaussian), with the older
+"our definition" of D averaged over pairs.
 
 Model (no biases), input dimension ``d``, width ``n``, first-layer density ``p``::
 
