@@ -120,6 +120,7 @@ def plot(rows, summary, path):
     ax.plot(p, [r["gaussian_exact_D"] for r in rows], "k--", label="exact D, Gaussian inputs")
     ax.plot(p, [r["paper_eq4"] for r in rows], "r-", label="paper eq. (4) (approximation)")
     ax.set(xscale="log", yscale="log", xlabel="density p", ylabel="E[(Θ_GP − Θ∞)²]")
+    ax.set_ylim(bottom=1e-6)  # the bias term is 0 at p = 1
     ax.set_title(f"N = {summary['N']}, d = {summary['d']}, n = N/(pd)")
     ax.legend(fontsize=7)
     fig.tight_layout()
