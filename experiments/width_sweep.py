@@ -227,6 +227,22 @@ def run_config(base: ml_collections.ConfigDict, spec: RunSpec) -> ml_collections
     return config
 
 
+def check_bottleneck_feasible(config: ml_collections.ConfigDict) -> None:
+    """Builds the bottleneck member's module (no data, no params): the factorization plan is
+    solved there, so a width whose unfactorized layers alone exceed the base width's weight
+    count raises ValueError here, before any member trains (not mid-sweep)."""
+    from widesparse_jax import data, setup
+
+    spec = data.DataSpec.from_config(config.dataset)
+    try:
+        setup.build_model(config.model, data.spec.NUM_CLASSES[spec.name], spec.image_shape)
+    except ValueError as e:
+        raise ValueError(
+            f"bottleneck cannot reach the weight count of base width {config.model.base_width} "
+            f"at width {config.model.width} ({e}); drop this width from --widths"
+        ) from None
+
+
 def validate_all(base: ml_collections.ConfigDict, specs: Sequence[RunSpec]) -> None:
     """Validates every member's config before any training (one error lists them all)."""
     from widesparse_jax import config as config_lib
@@ -234,7 +250,10 @@ def validate_all(base: ml_collections.ConfigDict, specs: Sequence[RunSpec]) -> N
     errors = []
     for spec in specs:
         try:
-            config_lib.validate_config(run_config(base, spec))
+            config = run_config(base, spec)
+            config_lib.validate_config(config)
+            if spec.family.startswith("bottleneck-"):
+                check_bottleneck_feasible(config)
         except ValueError as e:
             errors.append(f"{spec.name}: {e}")
     if errors:

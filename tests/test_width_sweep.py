@@ -314,3 +314,20 @@ def test_report_bad_ylim_errors(capsys, tmp_path):
     assert "is not LO,HI" in capsys.readouterr().err
     assert ws.main(["report", "--out", str(tmp_path), "--test-ylim", "85,80"]) == 2
     assert "LO must be < HI" in capsys.readouterr().err
+
+
+def test_infeasible_bottleneck_width_is_refused_before_training(tmp_path):
+    # 3970 weights (base width 5): at width 640 the unfactorized output layer alone has 6400.
+    with pytest.raises(ValueError, match="bottleneck-linear_w640_s0: bottleneck cannot reach"):
+        ws.run_sweep(CONFIG, str(tmp_path / "s"), 5, [10, 640], [0], bottlenecks=["linear"])
+    assert not (tmp_path / "s").exists()  # nothing written, nothing trained
+    base = ws.load_config_file(CONFIG)
+    ok = [s for s in ws.plan_runs(5, [10, 160], [0], ["linear", "nonlinear"], False)]
+    ws.validate_all(base, ok)  # feasible widths pass
+
+
+def test_resnet_bottleneck_family_validates_at_base_width_4():
+    base = ws.load_config_file(str(ROOT / "configs" / "fashion_mnist_resnet.py"))
+    ws.validate_all(base, ws.plan_runs(4, [8], [0], ["linear", "nonlinear"], True))
+    with pytest.raises(ValueError, match="w16_s0: bottleneck cannot reach"):
+        ws.validate_all(base, ws.plan_runs(4, [8, 16], [0], ["linear"], False))

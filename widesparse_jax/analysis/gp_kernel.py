@@ -1,4 +1,31 @@
-r"""GP-kernel theory of a sparse, wide, one-hidden-layer ReLU network.
+r"""GP-kernel theory of a sparse, wide, one-hidden-layer ReLU network (paper Sec. 3, App. F).
+
+Verified model (paper, Sec. 3): f(x) = (n d)^(-1/2) v^T relu(u x), no biases; every parameter
+is N(0, sigma^2) with probability p and 0 otherwise, sigma^2 = 1/p; Theta_GP = grad_v f(x) .
+grad_v f(y).  Theorem 1 is stated for a FIXED pair (x, y), expectation over parameters only::
+
+    E[(Theta_GP - Theta_inf)^2] = (1/d^2)[K~1,p - K1]^2 + (1/(d^2 n))[K~2,p - K~1,p^2]
+
+(``theorem1_pointwise`` / ``masked_terms_batch`` in gp_theorem; checked against a Monte Carlo
+of the network in tests/test_gp_theorem.py).  The module split: gp_arccos (K1, K2, the
+finite kernel), gp_gaussian (exact D averaged over Gaussian pairs, below), gp_theorem (the
+pointwise evaluator); this module keeps eq. (4), "the paper's approximation", and re-exports.
+
+Where the paper's non-vanishing mask term comes from (App. F.1).  The approximation assumes
+Gaussian inputs and d p >> 1 and replaces the mask sum by ONE typical mask with |s| ~ p d,
+taking the masked overlap x_s.y_s ~ xi sqrt(d p) with the SAME sign xi as the dense overlap
+x.y ~ xi sqrt(d).  That step makes K~1,p - K1 proportional to (1/sqrt(p) - 1) for every pair,
+hence the n-independent (1/sqrt(p) - 1)^2 / (16 d) of eq. (4).  But averaged over masks
+E_s[x_s.y_s] = p x.y exactly (each coordinate is kept with probability p), so the linear
+(sign-carrying) term of K~1,p - K1 cancels; the mask-to-mask fluctuation of x_s.y_s is
+independent across hidden units and lands in K~2,p - K~1,p^2, i.e. in the 1/n term.  For
+Gaussian inputs the exact D below shows this: the bias is O((1/p^2 - 1)/d^3), not O(1/d).
+On real images (Fashion-MNIST, per-pixel standardized) the bias is not zero pair by pair
+(the norms and overlaps of x_s, y_s are not those of Gaussian vectors) and a shallow interior
+optimum appears: results/gp_kernel/README.md.
+
+The rest of this docstring is the Gaussian-input derivation (gp_gaussian), with the older
+"our definition" of D averaged over pairs.
 
 Model (no biases), input dimension ``d``, width ``n``, first-layer density ``p``::
 
@@ -99,16 +126,41 @@ All ``n`` may be real-valued in the closed forms (D is affine in 1/n).
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from scipy import optimize, stats
+
+from widesparse_jax.analysis.gp_arccos import (
+    ONE_MINUS_INV_PI2,
+    _check_dims,
+    arccos_kernel,
+    dense_pair_variance,
+    finite_gp_kernel,
+    j1,
+    j2,
+    kappa_sq_even_coeffs,
+    relu_kernel_taylor,
+    sample_sparse_first_layer,
+)
+from widesparse_jax.analysis.gp_gaussian import (
+    GPDistance,
+    _minimize_log_p,
+    gp_distance_asymptotic,
+    gp_distance_exact,
+    monte_carlo_distance,
+    optimal_density_exact,
+)
+from widesparse_jax.analysis.gp_theorem import (
+    PointwiseTheorem1,
+    arccos_k1_k2,
+    masked_kernels_exact,
+    masked_kernels_sampled,
+    masked_terms_batch,
+    theorem1_pointwise,
+)
 
 __all__ = [
+    "ONE_MINUS_INV_PI2",
     "j1",
     "j2",
     "arccos_kernel",
@@ -125,192 +177,18 @@ __all__ = [
     "optimal_density_paper_asymptotic",
     "optimal_density_exact",
     "monte_carlo_distance",
+    "PointwiseTheorem1",
+    "masked_kernels_exact",
+    "masked_kernels_sampled",
+    "masked_terms_batch",
+    "arccos_k1_k2",
+    "theorem1_pointwise",
 ]
 
-ONE_MINUS_INV_PI2 = 1.0 - 1.0 / math.pi**2
 
-
-# --------------------------------------------------------------------------- validation
-def _check_dims(n: float | None = None, p: float | None = None, d: int | None = None) -> None:
-    if d is not None and (int(d) != d or d < 1):
-        raise ValueError(f"input dimension d={d!r} must be a positive integer")
-    if p is not None and not (0.0 < float(p) <= 1.0):
-        raise ValueError(f"density p={p!r} must satisfy 0 < p <= 1")
-    if n is not None and np.any(np.asarray(n, dtype=float) <= 0):
-        raise ValueError(f"width n={n!r} must be > 0")
-
-
-# --------------------------------------------------------------------------- arc-cosine functions
-def j1(theta):
-    """J1(theta) = sin(theta) + (pi - theta) cos(theta); any array shape (numpy or jax)."""
-    xp = jnp if isinstance(theta, jax.Array) else np
-    return xp.sin(theta) + (xp.pi - theta) * xp.cos(theta)
-
-
-def j2(theta):
-    """J2(theta) = 3 sin(theta) cos(theta) + (pi - theta)(1 + 2 cos^2(theta)); any shape."""
-    xp = jnp if isinstance(theta, jax.Array) else np
-    c = xp.cos(theta)
-    return 3.0 * xp.sin(theta) * c + (xp.pi - theta) * (1.0 + 2.0 * c * c)
-
-
-def arccos_kernel(x: jax.Array, xp_: jax.Array) -> jax.Array:
-    """Infinite-width dense GP kernel K(x, x') = |x||x'| J1(theta) / (2 pi d).
-
-    Args:
-      x, xp_: [..., d] inputs (paired along the leading axes).
-    Returns:
-      [...] kernel values.
-    """
-    x = jnp.asarray(x)
-    xp_ = jnp.asarray(xp_)
-    if x.shape != xp_.shape:
-        raise ValueError(f"x shape {x.shape} and x' shape {xp_.shape} must match")
-    d = x.shape[-1]
-    nx = jnp.linalg.norm(x, axis=-1)
-    nxp = jnp.linalg.norm(xp_, axis=-1)
-    denom = jnp.maximum(nx * nxp, jnp.finfo(x.dtype).tiny)
-    cos = jnp.clip(jnp.sum(x * xp_, axis=-1) / denom, -1.0, 1.0)
-    return nx * nxp * j1(jnp.arccos(cos)) / (2.0 * jnp.pi * d)
-
-
-# --------------------------------------------------------------------------- finite kernel
-def sample_sparse_first_layer(
-    key: jax.Array, n: int, d: int, p: float, dtype=jnp.float32
-) -> jax.Array:
-    """Effective first-layer matrix U = (M * W) / sqrt(d p), shape [n, d].
-
-    M ~ Bernoulli(p) per entry, W ~ N(0, 1).  p = 1 gives a dense layer.
-    """
-    _check_dims(n=n, p=p, d=d)
-    km, kw = jax.random.split(key)
-    mask = jax.random.bernoulli(km, p, (n, d))
-    w = jax.random.normal(kw, (n, d), dtype)
-    return jnp.where(mask, w, 0.0) / jnp.sqrt(jnp.asarray(d * p, dtype))
-
-
-def finite_gp_kernel(u: jax.Array, x: jax.Array, xp_: jax.Array) -> jax.Array:
-    """Finite-width GP kernel Theta(x, x') = grad_V f(x) . grad_V f(x').
-
-    Args:
-      u: [n, d] effective first layer (``sample_sparse_first_layer``).
-      x, xp_: [P, d] paired inputs.
-    Returns:
-      [P] values (1/n) sum_i relu(u_i.x) relu(u_i.x').
-    """
-    if u.ndim != 2 or x.shape[-1] != u.shape[1] or x.shape != xp_.shape:
-        raise ValueError(f"shapes u {u.shape}, x {x.shape}, x' {xp_.shape} are incompatible")
-    h = jax.nn.relu(x @ u.T)
-    hp = jax.nn.relu(xp_ @ u.T)
-    return jnp.mean(h * hp, axis=-1)
-
-
-# --------------------------------------------------------------------------- series coefficients
-@functools.lru_cache(maxsize=8)
-def relu_kernel_taylor(num: int) -> np.ndarray:
-    """Taylor coefficients a_0..a_{num-1} of kappa(rho) = J1(arccos rho) / (2 pi)."""
-    a = np.zeros(num)
-    a[0] = 1.0 / (2 * np.pi)
-    if num > 1:
-        a[1] = 0.25
-    if num > 2:
-        a[2] = 1.0 / (4 * np.pi)
-    for k in range(2, num - 2, 2):
-        a[k + 2] = a[k] * (k - 1) ** 2 / ((k + 1) * (k + 2))
-    return a
-
-
-@functools.lru_cache(maxsize=8)
-def kappa_sq_even_coeffs(m_max: int) -> np.ndarray:
-    """e_{2m}, m = 0..m_max: even Taylor coefficients of kappa(rho)^2 (all >= 0)."""
-    a = relu_kernel_taylor(2 * m_max + 1)
-    sq = np.convolve(a, a)[: 2 * m_max + 1]
-    return sq[0::2].copy()
-
-
-# --------------------------------------------------------------------------- exact distance
-class GPDistance(NamedTuple):
-    """D = variance / n + bias, with the pieces of the closed form."""
-
-    total: np.ndarray  # D(n, p, d), same shape as n
-    variance: float  # A - B  (multiplies 1/n)
-    bias: float  # B - KK (n-independent)
-    a: float  # E[phi^2]
-    b: float  # E[phi_1 phi_2] (two independent sparse rows)
-    kk: float  # E[K^2] (= C)
-    series_error: float  # bound on the truncation error of B and KK
-
-
-def _kk_term(d: int, e: np.ndarray) -> tuple[float, float]:
-    i = np.arange(len(e) - 1)
-    ratios = np.concatenate([[1.0], np.cumprod((0.5 + i) / (d / 2.0 + i))])
-    s = float(np.sum(e * ratios))
-    tail = (0.125 - float(np.sum(e))) * ratios[-1]
-    return s + 0.5 * tail, 0.5 * abs(tail)
-
-
-@functools.lru_cache(maxsize=4096)
-def _variance_bias(p: float, d: int, m_max: int, tol: float) -> tuple[float, ...]:
-    e = kappa_sq_even_coeffs(m_max)
-    a_term = 0.25 + (3.0 - p) / (4.0 * d * p)
-    kk, kk_err = _kk_term(d, e)
-    if p == 1.0:  # every row is dense: B = KK exactly
-        return a_term - kk, 0.0, a_term, kk, kk, kk_err
-    # k1 ~ Bin(d, p), truncated to its numerically non-zero support, k1 >= 1.
-    k1_all = np.arange(d + 1)
-    pk1_all = stats.binom.pmf(k1_all, d, p)
-    keep = (pk1_all > 1e-18 * pk1_all.max()) & (k1_all >= 1)
-    k1 = k1_all[keep].astype(float)
-    pk1 = pk1_all[keep]
-    jmax = int(k1.max())
-    jj = np.arange(jmax + 1, dtype=float)
-    pj = stats.binom.pmf(jj[None, :], k1[:, None], p)  # [r, jmax+1]
-    bb = np.arange(d + 1, dtype=float)
-    pb = stats.binom.pmf(bb[None, :], (d - k1)[:, None], p)  # [r, d+1]
-    length = jmax + d + 1
-    nfft = 1 << int(np.ceil(np.log2(length)))
-    fb = np.fft.rfft(pb, nfft, axis=1)
-    k2 = np.arange(length, dtype=float)
-    g = np.ones_like(pj)  # prod_{i<m} (j/2+i)/(k1/2+i)
-    h = np.where(k2 > 0, 1.0, 0.0)  # prod_{i<m} (1/2+i)/(k2/2+i); k2 = 0 never counts
-    w_k1 = pk1 * k1 / (d * p) ** 2
-    total = 0.0
-    last = 0.0
-    m_used = m_max
-    for m in range(m_max + 1):
-        conv = np.fft.irfft(np.fft.rfft(pj * g, nfft, axis=1) * fb, nfft, axis=1)[:, :length]
-        t_m = float(np.sum(w_k1 * np.sum(conv * (k2 * h)[None, :], axis=1)))
-        total += e[m] * t_m
-        last = t_m
-        if m >= 4 and e[m] * t_m < tol * total:
-            m_used = m
-            break
-        g = g * (jj[None, :] / 2.0 + m) / (k1[:, None] / 2.0 + m)
-        h = h * np.where(k2 > 0, (0.5 + m) / (k2 / 2.0 + m + (k2 == 0)), 0.0)
-    tail = (0.125 - float(np.sum(e[: m_used + 1]))) * last  # T_m is non-increasing in m
-    b_term = total + 0.5 * tail
-    err = 0.5 * abs(tail) + kk_err + tol * abs(total)
-    return a_term - b_term, b_term - kk, a_term, b_term, kk, err
-
-
-def gp_distance_exact(n, p: float, d: int, m_max: int = 3000, tol: float = 1e-13) -> GPDistance:
-    """Exact D(n, p, d) (module docstring).  ``n`` scalar or array (real values allowed)."""
-    _check_dims(n=n, p=p, d=d)
-    var, bias, a_term, b_term, kk, err = _variance_bias(float(p), int(d), int(m_max), float(tol))
-    n_arr = np.asarray(n, dtype=float)
-    return GPDistance(var / n_arr + bias, var, bias, a_term, b_term, kk, err)
-
-
-def gp_distance_asymptotic(n, p: float, d: int):
-    """Large-d expansion of the exact D (module docstring), to compare with the paper's."""
-    _check_dims(n=n, p=p, d=d)
-    n = np.asarray(n, dtype=float)
-    var = 0.25 * ONE_MINUS_INV_PI2 + ((3.0 / p - 1.0) / 4.0 - 1.0 / 16.0 - 0.25 / np.pi**2) / d
-    return var / n + (1.0 / p**2 - 1.0) / (4.0 * np.pi**2 * d**3)
-
-
+# ------------------------------------------------------------ the paper's approximation, eq. (4)
 def gp_distance_paper(n, p, d: int):
-    """Paper's approximation D ~ (1/4d)[ (1/4)(1/sqrt(p) - 1)^2 + (d/n)(1 - 1/pi^2) ]."""
+    """The paper's approximation, eq. (4): D ~ (1/4d)[ (1/4)(1/sqrt(p) - 1)^2 + (d/n)(1 - 1/pi^2) ]."""
     _check_dims(n=n, d=d)
     p = np.asarray(p, dtype=float)
     if np.any((p <= 0) | (p > 1)):
@@ -319,45 +197,12 @@ def gp_distance_paper(n, p, d: int):
     return (0.25 * (1.0 / np.sqrt(p) - 1.0) ** 2 + (d / n) * ONE_MINUS_INV_PI2) / (4.0 * d)
 
 
-def dense_pair_variance(x: np.ndarray, xp_: np.ndarray, n) -> np.ndarray:
-    """E_W[(Theta - K)^2] for a *fixed* pair at p = 1 (exact, via J1 and J2).
-
-    = (1/n) [ |x|^2 |x'|^2 J2(theta) / (2 pi d^2) - K(x, x')^2 ];  x, x': [..., d].
-    """
-    x = np.asarray(x, float)
-    xp_ = np.asarray(xp_, float)
-    d = x.shape[-1]
-    nx2 = np.sum(x * x, -1)
-    nxp2 = np.sum(xp_ * xp_, -1)
-    cos = np.clip(np.sum(x * xp_, -1) / np.sqrt(nx2 * nxp2), -1.0, 1.0)
-    th = np.arccos(cos)
-    k = np.sqrt(nx2 * nxp2) * j1(th) / (2 * np.pi * d)
-    fourth = nx2 * nxp2 * j2(th) / (2 * np.pi * d * d)
-    return (fourth - k * k) / np.asarray(n, float)
-
-
-# --------------------------------------------------------------------------- optimal density
 def optimal_density_paper_asymptotic(num_weights: float, d: int) -> float:
     """Small-p optimum of the paper's approximation: p* = sqrt(N / (4 d^2 (1 - 1/pi^2)))."""
     _check_dims(d=d)
     if num_weights <= 0:
         raise ValueError(f"weight count N={num_weights!r} must be > 0")
     return math.sqrt(num_weights / (4.0 * d * d * ONE_MINUS_INV_PI2))
-
-
-def _minimize_log_p(fun, p_lo: float, p_hi: float, grid: int = 200) -> float:
-    logs = np.linspace(np.log(p_lo), np.log(p_hi), grid)
-    vals = np.array([fun(np.exp(s)) for s in logs])
-    i = int(np.argmin(vals))
-    if i in (0, grid - 1):
-        return float(np.exp(logs[i]))
-    res = optimize.minimize_scalar(
-        lambda s: fun(np.exp(s)),
-        bounds=(logs[i - 1], logs[i + 1]),
-        method="bounded",
-        options={"xatol": 1e-6},
-    )
-    return float(np.exp(res.x))
 
 
 def optimal_density_paper(num_weights: float, d: int, p_min: float | None = None) -> float:
@@ -369,79 +214,3 @@ def optimal_density_paper(num_weights: float, d: int, p_min: float | None = None
     return _minimize_log_p(
         lambda p: float(gp_distance_paper(num_weights / (p * d), p, d)), p_lo, 1.0
     )
-
-
-def optimal_density_exact(
-    num_weights: float, d: int, p_min: float | None = None, grid: int = 60
-) -> float:
-    """argmin_p of the exact D(N/(p d), p, d) for p in [p_min, 1] (default p_min = 1/d)."""
-    _check_dims(d=d)
-    if num_weights <= 0:
-        raise ValueError(f"weight count N={num_weights!r} must be > 0")
-    p_lo = p_min if p_min is not None else 1.0 / d
-
-    def fun(p):
-        return float(gp_distance_exact(num_weights / (p * d), min(p, 1.0), d).total)
-
-    return _minimize_log_p(fun, p_lo, 1.0, grid=grid)
-
-
-# --------------------------------------------------------------------------- Monte Carlo
-@functools.partial(jax.jit, static_argnames=("n", "d", "num_pairs", "num_inits", "chunk"))
-def _mc_per_init(key, p, *, n: int, d: int, num_pairs: int, num_inits: int, chunk: int):
-    num_chunks = -(-n // chunk)
-    scale = 1.0 / jnp.sqrt(d * p)
-
-    def one_init(k):
-        kx, kxp, knet = jax.random.split(k, 3)
-        x = jax.random.normal(kx, (num_pairs, d))
-        xp_ = jax.random.normal(kxp, (num_pairs, d))
-
-        def body(c, acc):
-            kc = jax.random.fold_in(knet, c)
-            km, kw = jax.random.split(kc)
-            mask = jax.random.bernoulli(km, p, (chunk, d))
-            valid = (c * chunk + jnp.arange(chunk)) < n
-            u = jnp.where(mask & valid[:, None], jax.random.normal(kw, (chunk, d)), 0.0) * scale
-            return acc + jnp.sum(jax.nn.relu(x @ u.T) * jax.nn.relu(xp_ @ u.T), axis=1)
-
-        theta = jax.lax.fori_loop(0, num_chunks, body, jnp.zeros(num_pairs)) / n
-        return jnp.mean((theta - arccos_kernel(x, xp_)) ** 2)
-
-    return jax.lax.map(one_init, jax.random.split(key, num_inits))
-
-
-def monte_carlo_distance(
-    key: jax.Array,
-    n: int,
-    p: float,
-    d: int,
-    num_pairs: int = 1000,
-    num_inits: int = 10,
-    chunk: int = 2048,
-) -> tuple[float, float]:
-    """Monte Carlo D: ``num_inits`` networks (mask + weights), each on ``num_pairs`` fresh pairs.
-
-    Returns (mean, standard error); the SE is over the per-network means, which are i.i.d.
-    (``num_inits >= 2`` required).
-    """
-    _check_dims(n=n, p=p, d=d)
-    if int(n) != n:
-        raise ValueError(f"Monte Carlo width n={n!r} must be an integer")
-    if num_inits < 2 or num_pairs < 1:
-        raise ValueError(
-            f"need num_inits >= 2 (got {num_inits}) and num_pairs >= 1 (got {num_pairs})"
-        )
-    per = np.asarray(
-        _mc_per_init(
-            key,
-            jnp.float32(p),
-            n=int(n),
-            d=int(d),
-            num_pairs=int(num_pairs),
-            num_inits=int(num_inits),
-            chunk=int(min(chunk, n)),
-        ),
-        dtype=float,
-    )
-    return float(per.mean()), float(per.std(ddof=1) / np.sqrt(num_inits))
