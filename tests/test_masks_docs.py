@@ -7,6 +7,7 @@ import pytest
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "masks.md"
 LIBRARIES = ["Flax Linen", "Flax NNX", "Haiku", "Equinox", "Plain dicts (PyTorch names)"]
+FORWARD = "Masks in the forward pass and in any optax optimizer"
 
 
 def _blocks():
@@ -22,10 +23,10 @@ def _blocks():
 
 def test_one_example_per_library():
     blocks = _blocks()
-    assert [s for s in LIBRARIES if len(blocks.get(s, [])) != 1] == []
+    assert [s for s in LIBRARIES + [FORWARD] if len(blocks.get(s, [])) != 1] == []
 
 
-@pytest.mark.parametrize("section", LIBRARIES)
+@pytest.mark.parametrize("section", LIBRARIES + [FORWARD])
 def test_doc_example_runs(section, capsys):
     pytest.importorskip({"Haiku": "haiku", "Equinox": "equinox"}.get(section, "flax"))
     (code,) = _blocks()[section]

@@ -5,7 +5,9 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-HEAVY = ("flax", "tensorflow", "tensorflow_datasets", "torch")
+HEAVY = ("flax", "tensorflow", "tensorflow_datasets", "torch", "ml_collections")
+# the core install (no extras) has none of these: models and optim must not need them
+TRAIN_ONLY = ("tensorflow", "tensorflow_datasets", "torch", "ml_collections", "orbax", "clu")
 
 _PROBE = """
 import sys
@@ -29,3 +31,24 @@ def test_masks_imports_no_flax_tf_tfds_torch():
     loaded, path = proc.stdout.splitlines()[-2:]
     assert loaded == "[]", f"importing widesparse_jax.masks loaded {loaded}"
     assert path == str(ROOT / "widesparse_jax" / "masks" / "__init__.py")
+
+
+_PROBE_CORE = """
+import sys
+import widesparse_jax.models, widesparse_jax.optim
+heavy = {heavy!r}
+print(sorted(m for m in sys.modules if m.split(".")[0] in heavy))
+"""
+
+
+def test_models_and_optim_import_no_training_extras():
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE_CORE.format(heavy=TRAIN_ONLY)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = proc.stdout.splitlines()[-1]
+    assert loaded == "[]", f"importing widesparse_jax.models/optim loaded {loaded}"

@@ -31,6 +31,9 @@ FAN_IN_MODES = ("effective", "nominal")
 SPARSITY_METHODS = ("paper", "uniform", "erk")
 PLAN_METHODS = SPARSITY_METHODS + ("explicit",)  # make_plan also takes explicit removals
 GRANULARITIES = ("weight", "kernel")
+# where the train step applies the masks: 'update' (optimizer only; masked weights stay 0) or
+# 'forward' (also in the forward pass, model.apply(..., masks=...); same results)
+MASK_APPLY = ("update", "forward")
 
 # ---- optimizer
 SCHEDULES = ("constant", "multistep", "cosine")

@@ -146,6 +146,7 @@ def _check_model(e: _Errors, m, d) -> None:
 def _check_sparsity(e: _Errors, s) -> None:
     e.choice("sparsity.method", s.method, choices.SPARSITY_METHODS)
     e.choice("sparsity.granularity", s.granularity, choices.GRANULARITIES)
+    e.choice("sparsity.apply", s.get("apply", "update"), choices.MASK_APPLY)
     e.check(
         all(isinstance(n, str) for n in tuple(s.dense_layers)),
         "sparsity.dense_layers",

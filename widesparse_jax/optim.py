@@ -11,6 +11,9 @@ Everything here is an ordinary optax transformation, so it composes with other o
   millions of bools and would become compiled constants). Masked gradients are zeroed before
   weight decay and momentum, the params seen by the inner transformation are masked, and the
   final updates are masked, so masked weights (0 at init) and their momentum stay exactly 0.0.
+* :func:`zero_masked` - a standalone transformation to chain after any optax optimizer,
+  ``optax.chain(optax.adamw(1e-3), zero_masked(masks))``: masked entries get exactly 0
+  update, so weights that start at 0 stay 0 (the masks are closed over here).
 * :func:`scale_by_lr_multipliers` - per-leaf learning-rate multipliers (for muP).
 * :func:`make_optimizer` - ``masked(sgd(lr) [+ multipliers])``; :func:`from_config` builds it
   and its schedule from a run config (the one place that reads ``config.optimizer``).
@@ -48,6 +51,7 @@ __all__ = [
     "make_schedule",
     "sgd",
     "masked",
+    "zero_masked",
     "scale_by_lr_multipliers",
     "make_optimizer",
     "from_config",
@@ -145,6 +149,28 @@ def masked(inner: optax.GradientTransformation) -> optax.GradientTransformationE
         return tree.apply_masks(updates, masks), state
 
     return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+
+
+def zero_masked(masks: PyTree | None) -> optax.GradientTransformation:
+    """Zero the updates of masked entries: ``where(mask, update, 0)`` (stateless).
+
+    Chain it LAST, after any optimizer: ``optax.chain(optax.adam(1e-3), zero_masked(masks))``.
+    Whatever the inner state holds (momentum, Adam moments, decoupled or coupled weight
+    decay), a masked weight that starts at 0 gets update 0 and stays exactly 0. ``masks``
+    mirrors the params (bool = keep, None leaf = dense; None = no masking) and is closed
+    over (a compiled constant under jit: use :func:`masked` with ``masks=`` as an extra
+    argument for very large masks). Unlike :func:`masked`, the inner state still sees the
+    masked gradients; only the applied updates are zeroed.
+    """
+
+    def update_fn(updates, state, params=None):
+        del params
+        if masks is None:
+            return updates, state
+        _fitted(updates, masks, "masks", same_shape=True)
+        return tree.apply_masks(updates, masks), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 # ----------------------------------------------------------------------------- lr multipliers

@@ -46,26 +46,49 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
 
 
+def _forward_update(state: TrainState) -> dict:
+    del state  # masks act in the optimizer only (masked weights are kept at exactly 0)
+    return {}
+
+
+def _forward_masked(state: TrainState) -> dict:
+    return {"masks": state.masks}  # the forward pass computes with where(mask, w, 0)
+
+
+# config.sparsity.apply -> extra model.apply kwargs of the training forward pass. In every
+# mode the optimizer masks too, so masked weights and their momentum stay exactly 0.
+FORWARD_MODES = {"update": _forward_update, "forward": _forward_masked}
+
+
 def train_step(
-    state: TrainState, batch: dict, *, model, tx, schedule, axis_name: str | None = AXIS
+    state: TrainState,
+    batch: dict,
+    *,
+    model,
+    tx,
+    schedule,
+    axis_name: str | None = AXIS,
+    mask_apply: str = "update",
 ) -> tuple[TrainState, dict]:
     """One SGD step on one device's shard; gradients averaged over ``axis_name``.
 
     batch: {'image': f32 [B, ...], 'label': int32 [B]}. Returns the new state and
     {'loss', 'accuracy', 'lr'} (global means when ``axis_name`` is set).
+    ``mask_apply``: ``config.sparsity.apply`` (a key of :data:`FORWARD_MODES`).
     """
     has_bn = bool(state.batch_stats)
+    forward_kw = FORWARD_MODES[mask_apply](state)
 
     def loss_fn(params):
         variables = {"params": params}
         if has_bn:
             variables["batch_stats"] = state.batch_stats
             logits, new_vars = model.apply(
-                variables, batch["image"], train=True, mutable=["batch_stats"]
+                variables, batch["image"], train=True, mutable=["batch_stats"], **forward_kw
             )
             new_bs = new_vars["batch_stats"]
         else:
-            logits = model.apply(variables, batch["image"], train=True)
+            logits = model.apply(variables, batch["image"], train=True, **forward_kw)
             new_bs = state.batch_stats
         loss = jnp.mean(cross_entropy(logits, batch["label"]))
         return loss, (logits, new_bs)
@@ -107,8 +130,11 @@ def eval_step(state: TrainState, batch: dict, *, model, axis_name: str | None = 
 
 def make_p_steps(run: setup.Run):
     """pmapped train and eval steps (state is donated in the train step)."""
+    mask_apply = run.config.sparsity.get("apply", "update")
     p_train = jax.pmap(
-        functools.partial(train_step, model=run.model, tx=run.tx, schedule=run.schedule),
+        functools.partial(
+            train_step, model=run.model, tx=run.tx, schedule=run.schedule, mask_apply=mask_apply
+        ),
         axis_name=AXIS,
         donate_argnums=(0,),
     )

@@ -2,7 +2,9 @@
 
 All modules are Flax Linen modules called as
 ``module.init(key, x, train=False)`` and
-``module.apply(variables, x, train=bool, mutable=['batch_stats'] | False)``.
+``module.apply(variables, x, train=bool, mutable=['batch_stats'] | False, masks=None)``;
+``masks`` (a mask pytree mirroring ``variables['params']``) makes the forward pass use the
+masked weights. :class:`Masked` does the same for any Linen module.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Optional, Tuple
 
 import flax.linen as nn
 
+from widesparse_jax.models.masked import Masked, masked_call
 from widesparse_jax.models.mlp import MLP, mlp_weight_count
 from widesparse_jax.models.resnet import STEMS, ResNet18, resnet18_weight_count
 
@@ -20,9 +23,11 @@ MODELS = ("resnet18", "mlp", "resnet18_bottleneck", "mlp_bottleneck")
 __all__ = [
     "MLP",
     "MODELS",
+    "Masked",
     "ResNet18",
     "create_model",
     "input_shape",
+    "masked_call",
     "mlp_weight_count",
     "resnet18_weight_count",
 ]

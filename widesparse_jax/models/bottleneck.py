@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from widesparse_jax.models.init import scaled_init, torch_bias_init, torch_kernel_init
+from widesparse_jax.models.masked import masked_call
 from widesparse_jax.models.mlp import (
     check_mlp_args,
     dense_layer,
@@ -266,8 +267,12 @@ class MLPBottleneck(nn.Module):
                 raise ValueError(f"{nm} must be None or an int >= 1, got {k!r}")
         super().__post_init__()
 
+    def __call__(self, x: jax.Array, train: bool = False, masks=None) -> jax.Array:
+        """``masks`` (mirrors params; None = dense): compute with the masked weights."""
+        return masked_call(MLPBottleneck.forward, self, masks, x, train)
+
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def forward(self, x: jax.Array, train: bool = False) -> jax.Array:
         del train  # no train-dependent layers
         kw = dict(
             parametrization=self.parametrization,

@@ -41,6 +41,7 @@ from widesparse_jax.models.init import (
     torch_bias_init,
     torch_kernel_init,
 )
+from widesparse_jax.models.masked import masked_call
 
 PARAMETRIZATIONS = ("standard", "ntk")
 ACTIVATIONS = ("relu", "linear")
@@ -147,7 +148,7 @@ def flatten(x: jax.Array) -> jax.Array:
 class MLP(nn.Module):
     """MLP d -> width -> num_classes (see module docstring).
 
-    Call: ``apply(variables, x, train=bool)`` (``mutable=['batch_stats']`` in training only if
+    Call: ``apply(variables, x, train=bool, masks=None)`` (``mutable=['batch_stats']`` in training only if
     ``batch_norm``). x: [N, d] or [N, H, W, C] -> logits [N, num_classes] float32.
     ``init_distribution=None`` picks 'uniform' (standard) / 'normal' (ntk).
     """
@@ -172,8 +173,12 @@ class MLP(nn.Module):
         )
         super().__post_init__()
 
+    def __call__(self, x: jax.Array, train: bool = False, masks=None) -> jax.Array:
+        """``masks`` (mirrors params; None = dense): compute with the masked weights."""
+        return masked_call(MLP.forward, self, masks, x, train)
+
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def forward(self, x: jax.Array, train: bool = False) -> jax.Array:
         dist = resolve_init_distribution(self.parametrization, self.init_distribution)
         kw = dict(
             parametrization=self.parametrization,

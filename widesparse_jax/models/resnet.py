@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from widesparse_jax.models.init import torch_bias_init, torch_kernel_init
+from widesparse_jax.models.masked import masked_call
 
 STEMS = ("cifar", "imagenet")
 BOTTLENECKS = ("linear", "nonlinear")
@@ -209,7 +210,8 @@ class BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """ResNet-18 of width ``width`` (stage channels w, 2w, 4w, 8w).
 
-    Call: ``apply(variables, x, train=bool, mutable=['batch_stats'] if train else False)``.
+    Call: ``apply(variables, x, train=bool, mutable=['batch_stats'] if train else False,
+    masks=None)`` (``masks`` mirrors params: the forward pass uses the masked weights).
     x: [N, H, W, Cin] float (Cin read from the input; 1 for Fashion-MNIST works) ->
     logits [N, num_classes] float32. Params are float32; ``dtype`` is the compute dtype.
     ``bn_axis_name``: pmap axis over which BN batch statistics are averaged in training.
@@ -241,8 +243,12 @@ class ResNet18(nn.Module):
                     raise ValueError(f"inner size for {name!r} must be an int >= 1, got {k!r}")
         super().__post_init__()
 
+    def __call__(self, x: jax.Array, train: bool, masks=None) -> jax.Array:
+        """``masks`` (mirrors params; None = dense): compute with the masked weights."""
+        return masked_call(ResNet18.forward, self, masks, x, train)
+
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def forward(self, x: jax.Array, train: bool) -> jax.Array:
         if x.ndim != 4:
             raise ValueError(f"ResNet18 expects NHWC input [N, H, W, C], got shape {x.shape}")
         inner = dict(self.inner_dims or ())
