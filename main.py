@@ -22,6 +22,12 @@ flags.DEFINE_bool(
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "Index of this process (multi-host).")
+flags.DEFINE_bool(
+    "resume_diverged",
+    False,
+    "Resume a diverged workdir from its last finite checkpoint with a new --config.optimizer.lr "
+    "(otherwise a changed lr is refused).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -67,7 +73,9 @@ def main(argv):
 
     from widesparse_jax import train
 
-    summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    summary = train.train_and_evaluate(
+        FLAGS.config, FLAGS.workdir, resume_diverged=FLAGS.resume_diverged
+    )
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2))
 
