@@ -127,3 +127,21 @@ def test_noop_restart_keeps_summary(tmp_path):
     again = train.train_and_evaluate(small_mlp_config(num_train_steps=5), str(tmp_path))
     assert again["steps_this_session"] == 0
     assert (tmp_path / "summary.json").read_bytes() == before
+
+
+def test_main_refusal_is_one_message_without_traceback(tmp_path):
+    """Defect 7 (part): a refused config prints one message, no traceback; --verbose shows it."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "main.py"),
+        f"--workdir={tmp_path / 'run'}",
+        "--config=configs/fashion_mnist_mlp.py",
+        "--config.optimizer.momentum=1.5",
+    ]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "config.optimizer.momentum=1.5" in p.stderr and "[0, 1)" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "run").exists()
+    p = subprocess.run(cmd + ["--verbose"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "Traceback" in p.stderr
