@@ -9,6 +9,7 @@ latest checkpoint. Multi-host (GPU/TPU pods): start the same command on every ho
 
 import json
 import logging as pylogging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -22,6 +23,13 @@ flags.DEFINE_bool(
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "Index of this process (multi-host).")
+flags.DEFINE_bool(
+    "resume_diverged",
+    False,
+    "Resume a diverged workdir from its last finite checkpoint with a new --config.optimizer.lr "
+    "(otherwise a changed lr is refused).",
+)
+flags.DEFINE_bool("verbose", False, "Show the full traceback of a refused run.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -36,7 +44,28 @@ class _QuietLibraries(pylogging.Filter):
         )
 
 
+def _known_errors() -> tuple:
+    """Errors that mean "this run is refused": one message, no traceback (unless --verbose)."""
+    from widesparse_jax import config as config_lib
+    from widesparse_jax.lock import WorkdirLockedError
+
+    known = [config_lib.ConfigError, WorkdirLockedError, FloatingPointError]
+    if "widesparse_jax.checkpoint" in sys.modules:
+        known.append(sys.modules["widesparse_jax.checkpoint"].CheckpointMismatchError)
+    return tuple(known)
+
+
 def main(argv):
+    try:
+        _main(argv)
+    except Exception as e:
+        if FLAGS.verbose or not isinstance(e, _known_errors()):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -67,7 +96,9 @@ def main(argv):
 
     from widesparse_jax import train
 
-    summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    summary = train.train_and_evaluate(
+        FLAGS.config, FLAGS.workdir, resume_diverged=FLAGS.resume_diverged
+    )
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2))
 

@@ -203,7 +203,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     c.optimizer.schedule = "constant"
     with pytest.raises(FloatingPointError, match="non-finite") as e:
         train.train_and_evaluate(c, str(tmp_path))
-    assert "last good" in str(e.value)
+    assert "last finite checkpoint is step" in str(e.value)
     variables, _, _ = restore.load_variables(str(tmp_path))
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
 

@@ -50,9 +50,16 @@ class Checkpointer:
       max_to_keep: number of checkpoints kept on disk.
     """
 
-    def __init__(self, workdir: str, fingerprint: Mapping[str, Any], max_to_keep: int = 2):
+    def __init__(
+        self,
+        workdir: str,
+        fingerprint: Mapping[str, Any],
+        max_to_keep: int = 2,
+        may_differ: tuple = (),
+    ):
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
         self.fingerprint = dict(fingerprint)
+        self.may_differ = tuple(may_differ)  # fingerprint keys allowed to change (e.g. 'lr')
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -74,7 +81,9 @@ class Checkpointer:
         meta = self.read_meta()
         if meta is None:
             return
-        diffs = fingerprint_differences(meta.get("fingerprint", {}), self.fingerprint)
+        saved = {k: v for k, v in meta.get("fingerprint", {}).items() if k not in self.may_differ}
+        now = {k: v for k, v in self.fingerprint.items() if k not in self.may_differ}
+        diffs = fingerprint_differences(saved, now)
         if diffs:
             raise CheckpointMismatchError(
                 f"the checkpoint in {self.directory} (step {self.latest_step()}) was written by a "

@@ -264,22 +264,52 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     return config
 
 
+# Settings that change the trajectory, as (fingerprint key, dotted config field). A resume is
+# refused when any differs (docs/trust.md). Cadence fields (log/eval/checkpoint every, prefetch,
+# max_checkpoints_to_keep, num_train_steps: where to stop) may change between sessions.
+FINGERPRINT_FIELDS = (
+    ("dataset", "dataset.name"),
+    ("augment", "dataset.augment"),
+    ("normalization", "dataset.normalization"),
+    ("channel_stats", "dataset.channel_stats"),
+    ("train_subset", "dataset.train_subset"),
+    ("subset_seed", "dataset.subset_seed"),
+    ("image_size", "dataset.image_size"),
+    ("model", "model.name"),
+    ("width", "model.width"),
+    ("base_width", "model.base_width"),
+    ("stem", "model.stem"),
+    ("parametrization", "model.parametrization"),
+    ("mup_base_width", "model.mup_base_width"),
+    ("mup_fan_in_mode", "model.mup_fan_in_mode"),
+    ("use_bias", "model.use_bias"),
+    ("activation", "model.activation"),
+    ("init_distribution", "model.init_distribution"),
+    ("bottleneck", "model.bottleneck"),
+    ("dtype", "model.dtype"),
+    ("sparsity_method", "sparsity.method"),
+    ("granularity", "sparsity.granularity"),
+    ("dense_layers", "sparsity.dense_layers"),
+    ("mask_seed", "sparsity.mask_seed"),
+    ("lr", "optimizer.lr"),
+    ("momentum", "optimizer.momentum"),
+    ("nesterov", "optimizer.nesterov"),
+    ("weight_decay", "optimizer.weight_decay"),
+    ("schedule", "optimizer.schedule"),
+    ("milestones", "optimizer.milestones"),
+    ("gamma", "optimizer.gamma"),
+    ("warmup_epochs", "optimizer.warmup_epochs"),
+    ("num_epochs", "train.num_epochs"),
+    ("seed", "train.seed"),
+    ("batch_size", "train.batch_size"),
+)
+
+
 def run_fingerprint(config: ml_collections.ConfigDict) -> dict:
-    """What must be equal to resume a checkpoint (model, masks, data stream)."""
-    return {
-        "dataset": config.dataset.name,
-        "train_subset": config.dataset.train_subset,
-        "subset_seed": config.dataset.subset_seed,
-        "model": config.model.name,
-        "width": config.model.width,
-        "base_width": config.model.base_width,
-        "stem": config.model.stem,
-        "parametrization": config.model.parametrization,
-        "mup_base_width": config.model.get("mup_base_width"),
-        "sparsity_method": config.sparsity.method,
-        "granularity": config.sparsity.granularity,
-        "dense_layers": list(config.sparsity.dense_layers),
-        "mask_seed": config.sparsity.mask_seed,
-        "seed": config.train.seed,
-        "batch_size": config.train.batch_size,
-    }
+    """What must be equal to resume a checkpoint: every setting of the trajectory (JSON-able)."""
+    out = {}
+    for key, dotted in FINGERPRINT_FIELDS:
+        section, field = dotted.split(".")
+        value = config[section].get(field)
+        out[key] = list(value) if isinstance(value, (tuple, list)) else value
+    return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 from collections.abc import Iterator
 
@@ -31,6 +32,7 @@ from flax import jax_utils
 from widesparse_jax import checkpoint as ckpt_lib
 from widesparse_jax import config as config_lib
 from widesparse_jax import data, setup
+from widesparse_jax import lock as lock_lib
 from widesparse_jax import masks as masks_lib
 from widesparse_jax import metrics as metrics_lib
 from widesparse_jax.setup import AXIS, TrainState
@@ -188,15 +190,32 @@ def _check_devices(config) -> None:
             )
 
 
+def _all_finite(tree) -> jax.Array:
+    """True when every floating leaf of ``tree`` is finite (one fused reduction)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+_p_all_finite = jax.pmap(_all_finite)
+
+
+def _divergence_message(step: int, what: str, ckpt: ckpt_lib.Checkpointer) -> str:
+    last = ckpt.latest_step()
+    where = (
+        f"the last finite checkpoint is step {last} in {ckpt.directory}"
+        if last is not None
+        else "no checkpoint was written yet (the run diverged before its first one)"
+    )
+    return (
+        f"non-finite {what} at step {step}; stopping. {where}. Nothing non-finite was saved; "
+        "resume from it with a lower lr: --resume_diverged --config.optimizer.lr=<lower>."
+    )
+
+
 def _check_finite(step: int, values: dict, ckpt: ckpt_lib.Checkpointer) -> None:
     bad = {k: v for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
-        last = ckpt.latest_step()
-        raise FloatingPointError(
-            f"non-finite training metric(s) {bad} at step {step}; stopping. The last good "
-            f"checkpoint (step {last}) in {ckpt.directory} is kept; lower optimizer.lr or check "
-            "the data."
-        )
+        raise FloatingPointError(_divergence_message(step, f"training metric(s) {bad}", ckpt))
 
 
 def _fmt_seconds(s: float) -> str:
@@ -243,6 +262,8 @@ class _Loop:
             _check_finite(step, {"loss": loss}, self.ckpt)
             self.progress.add_step(loss, acc)
         self.pending = []
+        if not bool(_p_all_finite(self.state.params)[0]):
+            raise FloatingPointError(_divergence_message(step, "parameters", self.ckpt))
 
     def log_window(self, step: int, done: int) -> None:
         window, clock, t = self.progress.window, self.clock, self.config.train
@@ -342,21 +363,35 @@ def _restore_or_init(run: setup.Run, ckpt: ckpt_lib.Checkpointer):
     return state, metrics_lib.RunProgress.from_meta(restored[1])
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, resume_diverged: bool = False
+) -> dict:
     """Runs (or resumes) training and evaluation; returns the final summary.
 
     Resume: if ``workdir`` has a checkpoint of the same run (fingerprint), training
     continues from its step with the same masks, optimizer state, rng, best accuracy,
     epoch running sums and input-stream position, so the result is bitwise identical to
     an uninterrupted run (CPU). A checkpoint of another run is refused.
+    ``resume_diverged``: resume a diverged run's last finite checkpoint with another
+    ``optimizer.lr`` (the only fingerprint field then allowed to differ).
     """
     config = config_lib.resolve_config(config)
     _check_devices(config)
+    lock = lock_lib.acquire(workdir) if jax.process_index() == 0 else None
+    try:
+        return _train_locked(config, workdir, resume_diverged)
+    finally:
+        if lock is not None:
+            lock_lib.release(lock)
+
+
+def _train_locked(config, workdir: str, resume_diverged: bool) -> dict:
     run = setup.build_run(config, data.dataset_info(data_spec(config)))
     ckpt = ckpt_lib.Checkpointer(
         workdir,
         config_lib.run_fingerprint(config),
         max_to_keep=config.train.max_checkpoints_to_keep,
+        may_differ=("lr",) if resume_diverged else (),
     )
     ckpt.check_compatible()  # before any work is written
     if jax.process_index() == 0:
@@ -382,6 +417,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         loop.log.close()
         ckpt.close()
     final = loop.final_summary()
-    if jax.process_index() == 0:
+    summary_path = os.path.join(workdir, metrics_lib.SUMMARY_FILE)
+    # A no-op restart of a finished run keeps its summary (wall time, steps) as written.
+    if jax.process_index() == 0 and (loop.clock.steps_run or not os.path.exists(summary_path)):
         metrics_lib.write_summary(workdir, final)
     return final

@@ -1,0 +1,147 @@
+"""Runs you can trust: resume guard, divergence guard, one run per workdir, clean restarts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from tests.markers import needs_fmnist
+from tests.test_train import small_mlp_config
+from widesparse_jax import checkpoint as ckpt_lib
+from widesparse_jax import config as config_lib
+from widesparse_jax import lock as lock_lib
+from widesparse_jax import restore, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _snapshot(workdir: Path) -> dict:
+    """Bytes of every file under workdir (config.json, checkpoints), by relative path."""
+    return {
+        str(p.relative_to(workdir)): p.read_bytes()
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file() and "tensorboard" not in p.parts
+    }
+
+
+@needs_fmnist
+def test_trajectory_settings_refused_config_untouched_resume_diverged(tmp_path):
+    """Defects 3 and 4: lr/activation/normalization/use_bias changes are refused by name
+    before anything is written; --resume_diverged lets only the lr change."""
+    train.train_and_evaluate(small_mlp_config(num_train_steps=15), str(tmp_path))
+    before = _snapshot(tmp_path)
+    for section, field, value, key in (
+        ("optimizer", "lr", 0.5, "lr"),
+        ("model", "activation", "linear", "activation"),
+        ("dataset", "normalization", "none", "normalization"),
+        ("model", "use_bias", False, "use_bias"),
+    ):
+        c = small_mlp_config(num_train_steps=30)
+        setattr(c[section], field, value)
+        with pytest.raises(ckpt_lib.CheckpointMismatchError, match=rf"{key}: checkpoint has"):
+            train.train_and_evaluate(c, str(tmp_path))
+        assert _snapshot(tmp_path) == before, field
+    assert not (tmp_path / lock_lib.LOCK_FILE).exists()
+    restore.load_variables(str(tmp_path))  # the original run still loads
+    c = small_mlp_config(num_train_steps=30)
+    c.optimizer.lr = 0.01
+    summary = train.train_and_evaluate(c, str(tmp_path), resume_diverged=True)
+    assert summary["steps_this_session"] == 15
+
+
+def test_fingerprint_covers_trajectory_settings():
+    c = config_lib.resolve_config(small_mlp_config())
+    fp = config_lib.run_fingerprint(c)
+    for key in ("lr", "momentum", "weight_decay", "schedule", "milestones", "gamma"):
+        assert key in fp
+    for key in ("activation", "use_bias", "normalization", "augment", "num_epochs", "seed"):
+        assert key in fp
+    assert "log_every_steps" not in fp and "checkpoint_every_steps" not in fp
+    json.dumps(fp)  # JSON-able (stored in the checkpoint meta)
+
+
+@needs_fmnist
+def test_divergence_checks_params_and_names_last_finite_checkpoint(tmp_path):
+    """Defect 2: lr=1e6 diverges in the weights before the loss; no checkpoint holds
+    non-finite values, and the message never says 'step None'."""
+    c = small_mlp_config(num_train_steps=30, checkpoint_every_steps=1, log_every_steps=1)
+    c.optimizer.lr = 1e6
+    c.optimizer.schedule = "constant"
+    with pytest.raises(FloatingPointError, match="non-finite") as e:
+        train.train_and_evaluate(c, str(tmp_path))
+    assert "None" not in str(e.value)
+    ckpt_dir = tmp_path / "checkpoints"
+    steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+    if steps:
+        assert f"step {steps[-1]}" in str(e.value)
+        variables, _, _ = restore.load_variables(str(tmp_path))
+        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
+    else:
+        assert "no checkpoint was written yet" in str(e.value)
+
+
+_HOLDER = """
+import sys, time
+from widesparse_jax import lock
+lock.acquire(sys.argv[1])
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_lock_refuses_second_process_and_takes_over_stale(tmp_path):
+    """Defect 5: a live holder (a real second process) refuses; after kill -9, taken over."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(lock_lib.WorkdirLockedError, match=f"in use by process {p.pid}"):
+            lock_lib.acquire(str(tmp_path))
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    assert (tmp_path / lock_lib.LOCK_FILE).exists()  # left behind by the killed process
+    path = lock_lib.acquire(str(tmp_path))  # stale: taken over
+    assert (tmp_path / lock_lib.LOCK_FILE).read_text().split()[0] == str(os.getpid())
+    lock_lib.release(path)
+    assert not (tmp_path / lock_lib.LOCK_FILE).exists()
+
+
+@needs_fmnist
+def test_noop_restart_keeps_summary(tmp_path):
+    """Defect 6 (summary part): restarting a finished run does not rewrite summary.json."""
+    train.train_and_evaluate(small_mlp_config(num_train_steps=5), str(tmp_path))
+    before = (tmp_path / "summary.json").read_bytes()
+    time.sleep(0.01)
+    again = train.train_and_evaluate(small_mlp_config(num_train_steps=5), str(tmp_path))
+    assert again["steps_this_session"] == 0
+    assert (tmp_path / "summary.json").read_bytes() == before
+
+
+def test_main_refusal_is_one_message_without_traceback(tmp_path):
+    """Defect 7 (part): a refused config prints one message, no traceback; --verbose shows it."""
+    cmd = [
+        sys.executable,
+        str(ROOT / "main.py"),
+        f"--workdir={tmp_path / 'run'}",
+        "--config=configs/fashion_mnist_mlp.py",
+        "--config.optimizer.momentum=1.5",
+    ]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "config.optimizer.momentum=1.5" in p.stderr and "[0, 1)" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "run").exists()
+    p = subprocess.run(cmd + ["--verbose"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "Traceback" in p.stderr
