@@ -93,3 +93,14 @@ def test_two_processes_read_disjoint_halves_and_eval_is_exact(prepared):
     assert counted == NUM_VAL
     labels = sorted(int(v) for e in evals for b in e for v in b["label"][b["mask"]])
     assert labels == sorted(int(x["label"]) for x in _read(data_dir, "validation"))
+
+
+def test_compile_cache_location_and_switch(tmp_path):
+    from widesparse_jax import compile_cache
+
+    home = {"XDG_CACHE_HOME": str(tmp_path)}
+    assert compile_cache.cache_dir(home) == str(tmp_path / "widesparse_jax" / "jax_cache")
+    assert compile_cache.cache_dir({compile_cache.ENV: "off"}) is None
+    assert compile_cache.enable({compile_cache.ENV: "off"}) is None
+    custom = str(tmp_path / "c")
+    assert compile_cache.cache_dir({compile_cache.ENV: custom, **home}) == custom
