@@ -79,6 +79,10 @@ def _main(argv):
     platform.enable_fast_cpu_convolutions()  # before JAX starts its CPU backend
     import jax
 
+    from widesparse_jax import compile_cache
+
+    compile_cache.enable()  # JAX persistent compilation cache (WIDESPARSE_JAX_CACHE_DIR)
+
     if FLAGS.coordinator_address:
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator_address,

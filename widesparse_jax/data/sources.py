@@ -195,18 +195,40 @@ def tfds_count(name: str, split: str, data_dir: Optional[str], download: bool) -
         return int(builder.info.splits[split].num_examples)
     except Exception:  # noqa: BLE001 - e.g. mock data or unprepared: count instead.
         pass
-    ds = tfds.load(
-        name,
-        split=split,
-        data_dir=data_dir,
-        shuffle_files=False,
-        download=download,
-        decoders={"image": tfds.decode.SkipDecoding()},
-    )
+    try:
+        ds = tfds.load(
+            name,
+            split=split,
+            data_dir=data_dir,
+            shuffle_files=False,
+            download=download,
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )
+    except Exception:  # noqa: BLE001 - TFDS raises many types for "archives missing".
+        if name in MANUAL_DOWNLOAD:
+            raise ValueError(imagenet_manual_message(data_dir)) from None
+        raise
     return int(ds.reduce(np.int64(0), lambda c, _: c + 1).numpy())
 
 
 # ----------------------------------------------------------------------------- choosing a source
+
+
+MANUAL_DOWNLOAD = ("imagenet2012",)  # TFDS cannot download these: the user places the archives.
+
+
+def imagenet_manual_message(data_dir: Optional[str]) -> str:
+    """The one message a user without prepared ImageNet sees: where the archives go, one command."""
+    root = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    manual = os.path.join(root, "downloads", "manual")
+    return (
+        f"ImageNet (imagenet2012) is not prepared in data_dir={root!r}, and it cannot be "
+        "downloaded automatically. Download ILSVRC2012_img_train.tar and "
+        "ILSVRC2012_img_val.tar from https://image-net.org (registration needed), put them in "
+        f"{manual}/ and run once:\n"
+        f"  tfds build imagenet2012 --data_dir={root} --manual_dir={manual}\n"
+        "then rerun with --config.dataset.data_dir=" + root + "."
+    )
 
 
 def _unavailable_message(spec: DataSpec) -> str:
@@ -216,11 +238,8 @@ def _unavailable_message(spec: DataSpec) -> str:
             f" or put the IDX files in one of {list(_idx_dir_candidates(name, spec.idx_dir))} "
             f"(Debian: apt-get install dataset-fashion-mnist) / pass idx_dir"
         )
-    if name == "imagenet2012":
-        hint = (
-            " (ImageNet needs a manual download: place the ILSVRC2012 tar files in "
-            "<data_dir>/downloads/manual and run tfds build imagenet2012)"
-        )
+    if name in MANUAL_DOWNLOAD:
+        return imagenet_manual_message(spec.data_dir)
     return (
         f"Dataset {name!r} is not available: TFDS data is not prepared in "
         f'data_dir={spec.data_dir!r}{hint}. To download it with TFDS, pass source="tfds" '
