@@ -31,6 +31,8 @@ FAN_IN_MODES = ("effective", "nominal")
 SPARSITY_METHODS = ("paper", "uniform", "erk")
 PLAN_METHODS = SPARSITY_METHODS + ("explicit",)  # make_plan also takes explicit removals
 GRANULARITIES = ("weight", "kernel")
+# how masks act: optimizer-update masking, forward masking, kept weights only (sparse/)
+SPARSITY_APPLY = ("update", "forward", "sparse")
 
 # ---- optimizer
 SCHEDULES = ("constant", "multistep", "cosine")

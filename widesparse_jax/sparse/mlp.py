@@ -43,9 +43,17 @@ class MLPLayout:
         return {"fc/kernel": self.fc, "cl/kernel": self.cl}
 
 
-def mlp_layout(masks) -> MLPLayout:
-    """The compact structure of an MLP from its keep-masks ``{'fc': {'kernel'}, 'cl': ...}``."""
-    fc, cl = layout_of(masks["fc"]["kernel"]), layout_of(masks["cl"]["kernel"])
+def _mask(masks, shapes, name: str) -> np.ndarray:
+    m = masks[name]["kernel"]
+    if m is None:  # a layer left dense: every entry kept
+        return np.ones(tuple(shapes[name]["kernel"].shape), bool)
+    return np.asarray(m)
+
+
+def mlp_layout(masks, shapes) -> MLPLayout:
+    """The compact structure of an MLP from its keep-masks ``{'fc': {'kernel'}, 'cl': ...}``
+    (``None`` = dense layer) and its param shapes (e.g. ``run.param_shapes``)."""
+    fc, cl = layout_of(_mask(masks, shapes, "fc")), layout_of(_mask(masks, shapes, "cl"))
     width = fc.shape[1]
     if cl.shape[0] != width:
         raise ValueError(f"fc width {width} != cl fan-in {cl.shape[0]}")
