@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from configs import fashion_mnist_mlp
+from tests.markers import needs_fmnist
 from widesparse_jax import config as config_lib
-from widesparse_jax import data, setup, sparse, train
+from widesparse_jax import data, restore, setup, sparse, train
 from widesparse_jax.sparse import step as sstep
 
 
@@ -118,3 +119,26 @@ def test_config_apply_and_threshold_are_validated():
         config_lib.validate_config(c)
     assert "sparsity.apply='magic'" in str(e.value) and "'sparse'" in str(e.value)
     assert "sparsity.sparse_below_density=2.0" in str(e.value)
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_training_loop_sparse_mode_matches_dense_masking(tmp_path):
+    """main's loop with apply='sparse' (real Fashion-MNIST): same metrics and checkpoint
+    (dense masked params) as apply='update'."""
+    results = {}
+    for apply in ("update", "sparse"):
+        c = fashion_mnist_mlp.get_config()
+        c.model.width, c.model.base_width = 512, 8
+        c.dataset.train_subset = 1000
+        c.train.batch_size, c.train.eval_batch_size = 50, 500
+        c.train.num_epochs, c.train.log_every_steps = 1, 10
+        c.train.checkpoint_every_steps = 20
+        c.sparsity.apply = apply
+        summary = train.train_and_evaluate(c, str(tmp_path / apply))
+        results[apply] = (summary, restore.load_variables(str(tmp_path / apply)))
+    (s_u, v_u), (s_s, v_s) = results["update"], results["sparse"]
+    assert s_s["kept_weights"] == s_u["kept_weights"] == 784 * 8 + 80
+    assert abs(s_s["final_test_accuracy"] - s_u["final_test_accuracy"]) <= 0.2
+    for a, b in zip(jax.tree.leaves(v_s[0]["params"]), jax.tree.leaves(v_u[0]["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
