@@ -59,7 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.sparsity.granularity = "weight"  # weight|kernel (the baseline's io_only)
     config.sparsity.dense_layers = ()  # layer names kept dense, e.g. ('cl',) for the NTK MLP
     config.sparsity.mask_seed = config_dict.placeholder(int)  # None: same as train.seed
-    config.sparsity.apply = "update"  # update (optimizer masks) | forward (also the forward pass)
+    config.sparsity.apply = "update"  # update (optimizer) | forward (also forward pass) | sparse (kept weights only; MLP)
+    config.sparsity.sparse_below_density = 0.5  # sparse: layers at lower density run sparse
 
     # ---- optimizer --------------------------------------------------------------
     config.optimizer = ml_collections.ConfigDict()

@@ -31,9 +31,10 @@ FAN_IN_MODES = ("effective", "nominal")
 SPARSITY_METHODS = ("paper", "uniform", "erk")
 PLAN_METHODS = SPARSITY_METHODS + ("explicit",)  # make_plan also takes explicit removals
 GRANULARITIES = ("weight", "kernel")
-# where the train step applies the masks: 'update' (optimizer only; masked weights stay 0) or
-# 'forward' (also in the forward pass, model.apply(..., masks=...); same results)
-MASK_APPLY = ("update", "forward")
+# where the train step applies the masks: 'update' (optimizer only; masked weights stay 0),
+# 'forward' (also in the forward pass, model.apply(..., masks=...); same results) or 'sparse'
+# (layers below sparsity.sparse_below_density compute with their kept weights only; sparse/)
+MASK_APPLY = ("update", "forward", "sparse")
 
 # ---- optimizer
 SCHEDULES = ("constant", "multistep", "cosine")

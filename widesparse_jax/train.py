@@ -36,6 +36,7 @@ from widesparse_jax import lock as lock_lib
 from widesparse_jax import masks as masks_lib
 from widesparse_jax import metrics as metrics_lib
 from widesparse_jax.setup import AXIS, TrainState
+from widesparse_jax.sparse import loop as sparse_loop
 
 __all__ = ["TrainState", "train_step", "eval_step", "evaluate", "train_and_evaluate"]
 
@@ -59,7 +60,9 @@ def _forward_masked(state: TrainState) -> dict:
 
 # config.sparsity.apply -> extra model.apply kwargs of the training forward pass. In every
 # mode the optimizer masks too, so masked weights and their momentum stay exactly 0.
-FORWARD_MODES = {"update": _forward_update, "forward": _forward_masked}
+# 'sparse': runs that sparse/loop.py computes sparse never reach train_step; layers at or above
+# sparsity.sparse_below_density stay dense-masked, i.e. update masking.
+FORWARD_MODES = {"update": _forward_update, "forward": _forward_masked, "sparse": _forward_update}
 
 
 def train_step(
@@ -245,9 +248,10 @@ class _Loop:
 
     def __init__(self, config, run: setup.Run, ckpt, workdir: str, state, progress):
         self.config, self.run, self.ckpt = config, run, ckpt
-        self.state = jax_utils.replicate(state)
+        self.mode = sparse_loop.make_mode(run)  # None: dense-masked steps
+        self.state = jax_utils.replicate(self.mode.enter(state) if self.mode else state)
         self.progress = progress
-        self.p_train, self.p_eval = make_p_steps(run)
+        self.p_train, self.p_eval = self.mode.p_steps() if self.mode else make_p_steps(run)
         self.log = metrics_lib.MetricsLog(workdir, int(state.step))
         self.pending: list[dict] = []  # device metrics not yet pulled to the host
         self.clock = _Clock()
@@ -313,7 +317,7 @@ class _Loop:
             )
 
     def save(self, done: int) -> None:
-        host = setup.state_to_dict(jax_utils.unreplicate(self.state))
+        host = setup.state_to_dict(self.dense_state())
         self.ckpt.save(done, host, self.progress.to_meta())
 
     def step(self, step: int, batch: dict) -> None:
@@ -337,8 +341,13 @@ class _Loop:
             self.flush(done)
             self.save(done)
 
-    def final_summary(self) -> dict:
+    def dense_state(self):
+        """The host TrainState in dense masked form (as checkpoints store it)."""
         state = jax_utils.unreplicate(self.state)
+        return self.mode.leave(state) if self.mode else state
+
+    def final_summary(self) -> dict:
+        state = self.dense_state()
         return {
             "step": self.run.total_steps,
             "best_test_accuracy": self.progress.best_test_accuracy,
