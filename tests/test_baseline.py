@@ -362,7 +362,7 @@ def test_export_from_checkpoint_workdir(tmp_path):
     import jax
 
     from configs import default
-    from widesparse_jax import checkpoint, train
+    from widesparse_jax import checkpoint, data, setup
     from widesparse_jax import config as cfglib
 
     c = default.get_config()
@@ -373,12 +373,10 @@ def test_export_from_checkpoint_workdir(tmp_path):
     with tfds.testing.mock_data(num_examples=8):
         c = cfglib.resolve_config(c)
         checkpoint.write_config(wd, c.to_dict())
-        setup = train.setup_run(c)
-        st = train.create_train_state(
-            c, setup.model, setup.tx, train._input_shape(c, setup.info), setup.info.num_classes
-        )
-        ck = checkpoint.Checkpointer(wd, train.run_fingerprint(c))
-        ck.save(0, train.state_to_dict(st), {})
+        info = data.dataset_info(data.DataSpec.from_config(c.dataset))
+        st = setup.init_state(setup.build_run(c, info))
+        ck = checkpoint.Checkpointer(wd, cfglib.run_fingerprint(c))
+        ck.save(0, setup.state_to_dict(st), {})
         ck.close()
         mpath, spath = B.export_from(wd, str(tmp_path / "out"))
     bm = B.load_baseline(mpath, spath, width=4, num_classes=10)
