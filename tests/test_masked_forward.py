@@ -49,7 +49,11 @@ MODELS = {
 }
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize(
+    "name",
+    # resnet18: six ResNet-18 compiles (~3 min on 2 cores); the MLPs cover the default run
+    [pytest.param(n, marks=pytest.mark.slow) if n == "resnet18" else n for n in MODELS],
+)
 def test_model_masks_equal_masked_params_and_zero_grads(name):
     make, shape = MODELS[name]
     model = make()
@@ -199,3 +203,24 @@ def test_sparsity_apply_is_validated():
     c.sparsity.apply = "backward"
     with pytest.raises(config_lib.ConfigError, match="sparsity.apply='backward'.*'forward'"):
         config_lib.validate_config(c)
+
+
+def test_resnet18_forward_with_masks_equals_masked_params():
+    """The default-suite ResNet check (the full one with gradients is slow-marked above)."""
+    model = models.create_model("resnet18", 2, 10)
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 3))
+    variables = jax.jit(model.init, static_argnames="train")(jax.random.key(1), x, train=False)
+    masks = _random_masks(variables["params"], jax.random.key(2))
+
+    @jax.jit  # one compile for all three forwards (eager dispatch of ResNet-18 is slower)
+    def forwards(variables, masks):
+        masked = {**variables, "params": masks_lib.apply_masks(variables["params"], masks)}
+        return (
+            model.apply(variables, x, train=False, masks=masks),
+            model.apply(masked, x, train=False),
+            model.apply(variables, x, train=False),
+        )
+
+    got, want, dense = (np.asarray(a) for a in forwards(variables, masks))
+    np.testing.assert_array_equal(got, want)
+    assert not np.allclose(got, dense)
