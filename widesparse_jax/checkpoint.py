@@ -11,6 +11,14 @@ A checkpoint at step s holds two items:
 
 Every process calls ``save`` (orbax writes each process's shard to the shared workdir);
 the data position is the step itself: the input pipeline skips to it on resume.
+
+Integrity: after orbax commits a step, process 0 writes ``<step>/sha256.json`` (the
+checksum of every file, ``widesparse_jax.integrity``). Reading a checkpoint first verifies
+it; a damaged one (flipped bytes, truncated, garbage or missing files, no manifest although
+its meta says it was written with one) is reported by path and skipped: the run resumes
+from the newest intact step and, once past the fingerprint check, process 0 moves the damaged
+newer steps to ``WORKDIR/checkpoints_corrupt/`` (nothing is deleted). No intact step at
+all raises :class:`CheckpointCorruptError`.
 """
 
 from __future__ import annotations
@@ -21,13 +29,45 @@ from typing import Any, Mapping
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+
+from widesparse_jax import integrity
 
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "checkpoints_corrupt"  # damaged steps are moved here, never deleted
 CONFIG_FILE = "config.json"
+_META_FILE = os.path.join("meta", "metadata")  # where orbax's JsonSave puts the meta item
 
 
 class CheckpointMismatchError(ValueError):
     """The workdir holds a checkpoint of a different run (other width, masks, data...)."""
+
+
+class CheckpointCorruptError(CheckpointMismatchError):
+    """No checkpoint of the workdir passes verification (or the one asked for fails it)."""
+
+
+def _legacy_meta(step_dir: str) -> bool:
+    """True when the step's meta is readable and predates checksums (no 'integrity' key)."""
+    try:
+        with open(os.path.join(step_dir, _META_FILE)) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "integrity" not in meta
+
+
+def step_problem(step_dir: str) -> str | None:
+    """What is wrong with the checkpoint in ``step_dir``; None when it is intact.
+
+    A checkpoint written before checksums existed (no manifest, meta without 'integrity')
+    cannot be verified: it is accepted with a warning.
+    """
+    problem = integrity.verify(step_dir)
+    if problem and problem.startswith("no checksum manifest") and _legacy_meta(step_dir):
+        logging.warning("checkpoint %s predates checksums: not verified", step_dir)
+        return None
+    return problem
 
 
 def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -65,20 +105,79 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
             item_names=("state", "meta"),
         )
+        self._problems: dict[int, str | None] = {}  # verification results, by step
 
     def latest_step(self) -> int | None:
+        """The newest step on disk (intact or not); see :meth:`intact_step`."""
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """Every step on disk, oldest first (intact or not)."""
+        return sorted(self._manager.all_steps())
+
+    def step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(int(step)))
+
+    def problem(self, step: int) -> str | None:
+        """Verifies ``step`` once (cached); logs one line naming a damaged checkpoint."""
+        if step not in self._problems:
+            problem = step_problem(self.step_dir(step))
+            if problem:
+                logging.warning(
+                    "checkpoint %s fails verification (%s): skipped", self.step_dir(step), problem
+                )
+            self._problems[step] = problem
+        return self._problems[step]
+
+    def intact_step(self) -> int | None:
+        """The newest step that passes verification; None when there is no checkpoint.
+
+        Raises CheckpointCorruptError when there are checkpoints but none is intact.
+        """
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        for step in steps:
+            if self.problem(step) is None:
+                return step
+        if steps:
+            found = "; ".join(f"{self.step_dir(s)}: {self._problems[s]}" for s in steps)
+            raise CheckpointCorruptError(
+                f"no intact checkpoint in {self.directory} ({found}). Nothing was changed; "
+                "move the damaged steps away to start from scratch, or use a new --workdir."
+            )
+        return None
+
+    def set_aside_newer(self, step: int | None) -> list[str]:
+        """Moves damaged steps newer than ``step`` to ``WORKDIR/checkpoints_corrupt/``.
+
+        Called once the resume is accepted, so that the run can write those steps again.
+        Process 0 moves; every process then re-reads the step list. Returns the new paths.
+        """
+        bad = [s for s in self._manager.all_steps() if step is None or s > step]
+        moved = []
+        if jax.process_index() == 0:
+            for s in sorted(bad):
+                moved.append(_move_aside(self.step_dir(s), os.path.dirname(self.directory)))
+                logging.warning("moved damaged checkpoint %s to %s", self.step_dir(s), moved[-1])
+        if bad and jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("checkpoint_set_aside")
+        if bad:
+            self._manager.reload()
+        return moved
+
     def read_meta(self, step: int | None = None) -> dict | None:
-        step = self.latest_step() if step is None else step
+        step = self.intact_step() if step is None else step
         if step is None:
             return None
         restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored["meta"])
 
-    def check_compatible(self) -> None:
-        """Raises CheckpointMismatchError if the latest checkpoint belongs to another run."""
-        meta = self.read_meta()
+    def check_compatible(self, step: int | None = None) -> None:
+        """Raises CheckpointMismatchError if the newest intact checkpoint (or ``step``) is
+        another run's; CheckpointCorruptError if none is intact."""
+        step = self.intact_step() if step is None else step
+        meta = self.read_meta(step)
         if meta is None:
             return
         saved = {k: v for k, v in meta.get("fingerprint", {}).items() if k not in self.may_differ}
@@ -86,25 +185,33 @@ class Checkpointer:
         diffs = fingerprint_differences(saved, now)
         if diffs:
             raise CheckpointMismatchError(
-                f"the checkpoint in {self.directory} (step {self.latest_step()}) was written by a "
+                f"the checkpoint in {self.directory} (step {step}) was written by a "
                 "different run; refusing to resume it. Differences:\n  "
                 + "\n  ".join(diffs)
                 + "\nUse a new --workdir, or the original config."
             )
 
-    def restore(self, abstract_state: Any) -> tuple[Any, dict] | None:
-        """Restores the latest checkpoint into the structure of ``abstract_state``.
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict] | None:
+        """Restores the newest intact checkpoint (or ``step``) into ``abstract_state``'s structure.
+
+        Reads only (damaged newer steps stay where they are; see :meth:`set_aside_newer`).
 
         Args:
           abstract_state: a pytree of ``jax.ShapeDtypeStruct`` (or arrays) with the saved
             structure (``TrainState`` as a state dict).
+          step: a given step (CheckpointCorruptError if it fails verification).
         Returns:
           ``(state, meta)`` or None when the workdir has no checkpoint.
         """
-        step = self.latest_step()
+        if step is None:
+            step = self.intact_step()
+        elif self.problem(step):
+            raise CheckpointCorruptError(
+                f"checkpoint {self.step_dir(step)} fails verification: {self.problem(step)}"
+            )
         if step is None:
             return None
-        self.check_compatible()
+        self.check_compatible(step)
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
         try:
             restored = self._manager.restore(
@@ -122,7 +229,7 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
         """Saves ``state`` (host pytree) and ``meta`` (JSON-able) at ``step``; blocks until written."""
-        meta = dict(meta, fingerprint=self.fingerprint, step=int(step))
+        meta = dict(meta, fingerprint=self.fingerprint, step=int(step), integrity=integrity.FORMAT)
         self._manager.save(
             int(step),
             args=ocp.args.Composite(
@@ -131,10 +238,26 @@ class Checkpointer:
             force=True,
         )
         self._manager.wait_until_finished()
+        if jax.process_index() == 0:  # orbax has committed every process's files
+            integrity.write_manifest(self.step_dir(step))
+        self._problems.pop(int(step), None)
 
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _move_aside(step_dir: str, workdir: str) -> str:
+    """Moves ``step_dir`` into ``workdir/checkpoints_corrupt/`` (a free name); the new path."""
+    target_root = os.path.join(workdir, CORRUPT_DIR)
+    os.makedirs(target_root, exist_ok=True)
+    name, n = os.path.basename(step_dir), 0
+    target = os.path.join(target_root, name)
+    while os.path.exists(target):
+        n += 1
+        target = os.path.join(target_root, f"{name}.{n}")
+    os.replace(step_dir, target)
+    return target
 
 
 def write_config(workdir: str, config_dict: Mapping[str, Any]) -> None:

@@ -2,7 +2,8 @@
 
 ``load_variables(workdir)`` reads ``config.json`` and the newest checkpoint. The restore
 target is built from the config alone (``setup.state_template`` on constant dataset
-facts: class count and input shape), so no data has to be on the machine.
+facts: class count and input shape), so no data has to be on the machine. The checkpoint is
+verified against its checksums first (``checkpoint.CheckpointCorruptError`` if damaged).
 """
 
 from __future__ import annotations
@@ -26,11 +27,7 @@ def load_variables(workdir: str, step: int | None = None):
     )
     ckpt = checkpoint.Checkpointer(workdir, fingerprint=config_lib.run_fingerprint(config))
     try:
-        if step is not None and step != ckpt.latest_step():
-            raise ValueError(
-                f"step={step} is not the latest checkpoint ({ckpt.latest_step()}) of {workdir}"
-            )
-        restored = ckpt.restore(template)
+        restored = ckpt.restore(template, step=_checked_step(ckpt, workdir, step))
     finally:
         ckpt.close()
     if restored is None:
@@ -39,3 +36,18 @@ def load_variables(workdir: str, step: int | None = None):
         )
     state, _ = restored
     return {"params": state["params"], "batch_stats": state["batch_stats"]}, state["masks"], config
+
+
+def _checked_step(ckpt: checkpoint.Checkpointer, workdir: str, step: int | None) -> int | None:
+    """``step`` (default: the newest on disk) if it exists and passes verification."""
+    steps = ckpt.all_steps()
+    if step is not None and step not in steps:
+        raise ValueError(f"step={step} is not a checkpoint of {workdir} (steps {sorted(steps)})")
+    step = ckpt.latest_step() if step is None else step
+    if step is not None and ckpt.problem(step):
+        intact = [s for s in sorted(steps, reverse=True) if not ckpt.problem(s)]
+        hint = f"; the newest intact one is step={intact[0]}" if intact else "; none is intact"
+        raise checkpoint.CheckpointCorruptError(
+            f"checkpoint {ckpt.step_dir(step)} fails verification ({ckpt.problem(step)}){hint}"
+        )
+    return step

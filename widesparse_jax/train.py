@@ -362,9 +362,14 @@ class _Loop:
 
 
 def _restore_or_init(run: setup.Run, ckpt: ckpt_lib.Checkpointer):
-    """``(state, progress)``: the newest checkpoint's, or the run's initial state."""
+    """``(state, progress)``: the newest intact checkpoint's, or the run's initial state.
+
+    Damaged newer checkpoints (logged by path) are moved aside so the run can write them again.
+    """
     state = setup.init_state(run)
-    restored = ckpt.restore(setup.state_to_dict(state))
+    step = ckpt.intact_step()
+    ckpt.set_aside_newer(step)
+    restored = ckpt.restore(setup.state_to_dict(state), step=step)
     if restored is None:
         return state, metrics_lib.RunProgress()
     state = setup.state_from_dict(state, restored[0])
