@@ -69,7 +69,10 @@ def test_verify_names_each_kind_of_damage(tmp_path, damage, expected):
 
 def _config(steps=6):
     return small_mlp_config(
-        num_train_steps=steps, checkpoint_every_steps=2, log_every_steps=2, max_checkpoints_to_keep=5
+        num_train_steps=steps,
+        checkpoint_every_steps=2,
+        log_every_steps=2,
+        max_checkpoints_to_keep=5,
     )
 
 

@@ -145,3 +145,28 @@ def test_main_refusal_is_one_message_without_traceback(tmp_path):
     assert not (tmp_path / "run").exists()
     p = subprocess.run(cmd + ["--verbose"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+@needs_fmnist
+def test_resume_after_kill_leaves_each_tensorboard_scalar_once(tmp_path):
+    """Defect 6 (TensorBoard part): after a kill past the last checkpoint (its records
+    written, the next checkpoint not, the event file cut mid-record) and a resume, every
+    (tag, step) is in the event files once, as in metrics.jsonl."""
+    from widesparse_jax import metrics as metrics_lib
+
+    c = small_mlp_config(num_train_steps=25, checkpoint_every_steps=10, log_every_steps=5)
+    train.train_and_evaluate(c, str(tmp_path))
+    (tmp_path / "checkpoints" / "25").rename(tmp_path / "killed_before_25")  # never written
+    (event_file,) = (tmp_path / "tensorboard").iterdir()
+    with open(event_file, "ab") as f:
+        f.write(b"\x20\x00\x00\x00\x00\x00\x00\x00\x01\x02")  # a record cut short
+    summary = train.train_and_evaluate(
+        small_mlp_config(num_train_steps=30, checkpoint_every_steps=10, log_every_steps=5),
+        str(tmp_path),
+    )
+    assert summary["steps_this_session"] == 10  # resumed from 20
+    scalars = metrics_lib.read_event_scalars(str(tmp_path))
+    assert ("train/train_loss", 25) in scalars and ("train/train_loss", 30) in scalars
+    assert len(scalars) == len(set(scalars))
+    records = [(r["kind"], r["step"]) for r in metrics_lib.read_metrics(str(tmp_path))]
+    assert len(records) == len(set(records))

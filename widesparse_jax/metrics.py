@@ -7,6 +7,10 @@ scalars (through clu). Only process 0 writes.
 :class:`RunProgress` is what a checkpoint must carry besides the train state so that a
 resumed run reports exactly what an uninterrupted one would: the best test accuracy so far
 and the running sums of the epoch and of the logging window in progress.
+
+On resume from step s, records and TensorBoard events after s (the steps the run repeats)
+are dropped from ``metrics.jsonl`` and from every event file, so each (tag, step) is
+written once however often the run is killed.
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ class MetricsLog:
                 ]
             with open(self.path, "w") as f:
                 f.writelines(kept)
+        trim_event_files(os.path.join(workdir, TENSORBOARD_DIR), resume_step)
         from clu import metric_writers
 
         self.writer = metric_writers.create_default_writer(
@@ -123,6 +128,66 @@ class MetricsLog:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+
+
+def _event_files(logdir: str) -> list[str]:
+    if not os.path.isdir(logdir):
+        return []
+    return sorted(
+        os.path.join(logdir, n) for n in os.listdir(logdir) if n.startswith("events.out.tfevents")
+    )
+
+
+def trim_event_files(logdir: str, max_step: int) -> int:
+    """Drops every summary event with step > ``max_step`` from the event files in ``logdir``.
+
+    Each changed file is rewritten atomically (temp file + ``os.replace``); a record cut
+    short by a kill ends the file's readable part. Returns the number of events dropped.
+    """
+    from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    dropped = 0
+    for path in _event_files(logdir):
+        records = list(event_file_loader.RawEventFileLoader(path).Load())
+        kept = [
+            r
+            for r in records
+            if not (
+                (e := event_pb2.Event.FromString(r)).WhichOneof("what") == "summary"
+                and e.step > max_step
+            )
+        ]
+        if len(kept) == len(records) and os.path.getsize(path) == _records_size(records):
+            continue
+        dropped += len(records) - len(kept)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            writer = RecordWriter(f)
+            for r in kept:
+                writer.write(r)
+            writer.flush()
+        os.replace(tmp, path)
+    return dropped
+
+
+def _records_size(records: list[bytes]) -> int:
+    """Bytes of ``records`` as TFRecords (8 length + 4 crc + data + 4 crc each)."""
+    return sum(16 + len(r) for r in records)
+
+
+def read_event_scalars(workdir: str) -> list[tuple[str, int]]:
+    """``(tag, step)`` of every summary value in the run's TensorBoard event files."""
+    from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.compat.proto import event_pb2
+
+    out = []
+    for path in _event_files(os.path.join(workdir, TENSORBOARD_DIR)):
+        for r in event_file_loader.RawEventFileLoader(path).Load():
+            e = event_pb2.Event.FromString(r)
+            out.extend((v.tag, int(e.step)) for v in e.summary.value)
+    return out
 
 
 def read_metrics(workdir: str) -> list[dict]:
