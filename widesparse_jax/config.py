@@ -9,6 +9,7 @@ of the NTK MLP setting). Allowed values come from ``widesparse_jax.choices``.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from widesparse_jax import choices
@@ -98,7 +99,7 @@ def _check_model(e: _Errors, m, d) -> None:
         m.base_width,
         "None or 0 (dense; 0 is the command-line spelling) or an integer >= 1",
     )
-    if _is_int(m.width) and _is_int(m.base_width) and m.base_width > m.width:
+    if _is_int(m.width) and m.width >= 1 and _is_int(m.base_width) and m.base_width > m.width:
         e.messages.append(
             f"config.model.base_width={m.base_width!r} is larger than "
             f"config.model.width={m.width!r}: the base width must be <= width "
@@ -171,7 +172,8 @@ def _check_sparsity(e: _Errors, s) -> None:
 def _check_learning_rate(e: _Errors, config) -> None:
     m, o = config.model, config.optimizer
     if o.lr is not None:
-        e.check(_is_number(o.lr) and o.lr > 0, "optimizer.lr", o.lr, "a number > 0")
+        ok = _is_number(o.lr) and o.lr > 0 and math.isfinite(o.lr)
+        e.check(ok, "optimizer.lr", o.lr, "a finite number > 0")
         return
     name, table = _lr_table(config, _is_int(m.width) and is_sparse(config))
     if table is None:
@@ -215,11 +217,32 @@ def _check_optimizer(e: _Errors, config) -> None:
         _is_number(o.gamma) and 0 < o.gamma <= 1, "optimizer.gamma", o.gamma, "a number in (0, 1]"
     )
     e.check(
-        _is_number(o.warmup_epochs) and o.warmup_epochs >= 0,
+        _is_int(o.warmup_epochs) and o.warmup_epochs >= 0,
         "optimizer.warmup_epochs",
         o.warmup_epochs,
-        "a number >= 0",
+        "an integer >= 0",
     )
+    _check_run_length(e, o, config.train.num_epochs)
+
+
+def _check_run_length(e: _Errors, o, num_epochs: Any) -> None:
+    """Warmup and multistep milestones must fall inside the run's num_epochs."""
+    if not _is_int(num_epochs) or num_epochs < 1 or not _is_int(o.warmup_epochs):
+        return
+    e.check(
+        o.warmup_epochs < num_epochs,
+        "optimizer.warmup_epochs",
+        o.warmup_epochs,
+        f"fewer than train.num_epochs={num_epochs} (warmup longer than the run)",
+    )
+    if o.schedule == "multistep":
+        late = [x for x in tuple(o.milestones) if _is_int(x) and x >= num_epochs]
+        e.check(
+            not late,
+            "optimizer.milestones",
+            o.milestones,
+            f"epochs < train.num_epochs={num_epochs} (milestones {late} would never take effect)",
+        )
 
 
 def _check_train(e: _Errors, t) -> None:
@@ -250,8 +273,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     _check_sparsity(e, config.sparsity)
     _check_optimizer(e, config)
     _check_train(e, config.train)
+    if len(e.messages) == 1:
+        raise ConfigError(e.messages[0])
     if e.messages:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(e.messages))
+        raise ConfigError(f"invalid config ({len(e.messages)} fields): " + "; ".join(e.messages))
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -31,7 +31,7 @@ from flax import jax_utils
 
 from widesparse_jax import checkpoint as ckpt_lib
 from widesparse_jax import config as config_lib
-from widesparse_jax import data, setup
+from widesparse_jax import data, preflight, setup
 from widesparse_jax import lock as lock_lib
 from widesparse_jax import masks as masks_lib
 from widesparse_jax import metrics as metrics_lib
@@ -180,17 +180,6 @@ def _eval_iterator(config):
 
 
 # ----------------------------------------------------------------------------- the loop
-
-
-def _check_devices(config) -> None:
-    n_dev = jax.device_count()
-    for field in ("batch_size", "eval_batch_size"):
-        value = config.train[field]
-        if value % n_dev:
-            raise config_lib.ConfigError(
-                f"config.train.{field}={value} is not divisible by the {n_dev} devices; "
-                f"use a multiple of {n_dev}"
-            )
 
 
 def _all_finite(tree) -> jax.Array:
@@ -390,17 +379,21 @@ def train_and_evaluate(
     ``optimizer.lr`` (the only fingerprint field then allowed to differ).
     """
     config = config_lib.resolve_config(config)
-    _check_devices(config)
+    run = preflight.check_run(config, workdir)  # every refusal before anything is written
+    if config.model.base_width == config.model.width and jax.process_index() == 0:
+        logging.info(
+            "model.base_width == model.width (%d): training the dense net", run.config.model.width
+        )
     lock = lock_lib.acquire(workdir) if jax.process_index() == 0 else None
     try:
-        return _train_locked(config, workdir, resume_diverged)
+        return _train_locked(run, workdir, resume_diverged)
     finally:
         if lock is not None:
             lock_lib.release(lock)
 
 
-def _train_locked(config, workdir: str, resume_diverged: bool) -> dict:
-    run = setup.build_run(config, data.dataset_info(data_spec(config)))
+def _train_locked(run: setup.Run, workdir: str, resume_diverged: bool) -> dict:
+    config = run.config
     ckpt = ckpt_lib.Checkpointer(
         workdir,
         config_lib.run_fingerprint(config),
