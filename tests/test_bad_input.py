@@ -5,6 +5,7 @@ Run in-process through ``main.run`` (the ``python main.py`` entry without a new 
 two cases spawn ``main.py`` where the process itself is the point (exit code, no traceback).
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -166,29 +167,31 @@ def test_bad_input_one_line_before_anything_is_written(tmp_path, capsys, flags, 
     assert not workdir.exists()
 
 
-def _workdir_refused(workdir: str, expected: str, capsys) -> None:
-    before = sorted(os.listdir(os.path.dirname(workdir)))
+def _workdir_refused(workdir: str, watch: Path, expected: str, capsys) -> None:
+    before = sorted(watch.rglob("*"))
     code, errors = _run_main([f"--workdir={workdir}", MLP, *_c(train__num_train_steps=1)], capsys)
     assert code == 2 and len(errors) == 1 and expected in errors[0], errors
-    assert sorted(os.listdir(os.path.dirname(workdir))) == before
+    assert sorted(watch.rglob("*")) == before
 
 
 @needs_fmnist
 def test_workdir_that_is_a_file_or_unwritable(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
-    _workdir_refused(str(tmp_path / "afile"), "is a file", capsys)
+    _workdir_refused(str(tmp_path / "afile"), tmp_path, "is a file", capsys)
     assert (tmp_path / "afile").read_text() == "x"
-    _workdir_refused(str(tmp_path / "afile" / "run"), "under the file", capsys)
-    _workdir_refused("/proc/1/widesparse_run", "not writable", capsys)
+    _workdir_refused(str(tmp_path / "afile" / "run"), tmp_path, "under the file", capsys)
+    # /proc/1 refuses new entries even to root (os.access says so before any write)
+    _workdir_refused("/proc/1/widesparse_run", tmp_path, "not writable", capsys)
 
 
 @needs_fmnist
-def test_dense_when_base_width_equals_width_is_logged(tmp_path, capsys):
+def test_dense_when_base_width_equals_width_is_logged(tmp_path, caplog):
     flags = [MLP, *_c(model__width=16, model__base_width=16, train__num_train_steps=1)]
     flags += _c(dataset__train_subset=100, train__eval_batch_size=100)
-    code = main.run(["main.py", f"--workdir={tmp_path}", *flags])
+    with caplog.at_level(logging.INFO):
+        code = main.run(["main.py", f"--workdir={tmp_path}", *flags])
     assert code == 0
-    assert "training the dense net" in capsys.readouterr().err
+    assert "model.base_width == model.width (16): training the dense net" in caplog.text
 
 
 @pytest.mark.parametrize(
