@@ -3,20 +3,17 @@
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
+import main
 from tests.markers import needs_fmnist
 from tests.test_train import small_mlp_config
 from widesparse_jax import checkpoint as ckpt_lib
 from widesparse_jax import integrity, restore, train
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _largest_file(directory: Path) -> Path:
@@ -90,9 +87,10 @@ def _resume(workdir: Path, caplog) -> tuple[dict, list[str]]:
 
 
 @needs_fmnist
-def test_damaged_checkpoints_are_skipped_and_resume_is_bitwise_equal(tmp_path, caplog):
+def test_damaged_checkpoints_are_skipped_and_resume_is_bitwise_equal(tmp_path, caplog, capsys):
     """Defect 1: byte flip, truncation, garbage -> reported by path, skipped, set aside;
-    the resumed run ends bitwise equal to the uninterrupted one; none intact -> one error."""
+    the resumed run ends bitwise equal to the uninterrupted one; none intact -> one error
+    (main: one line, exit 2), nothing changed."""
     ckpts = tmp_path / "checkpoints"
     train.train_and_evaluate(_config(), str(tmp_path))
     reference = _params(tmp_path)
@@ -124,22 +122,30 @@ def test_damaged_checkpoints_are_skipped_and_resume_is_bitwise_equal(tmp_path, c
         train.train_and_evaluate(_config(), str(tmp_path))
     assert all(str(ckpts / s) in str(e.value) for s in ("2", "4", "6"))
     assert _snapshot(tmp_path) == before  # nothing moved, written or deleted
+    capsys.readouterr()
+    assert main.run(["main.py", f"--workdir={tmp_path}", *_MAIN_FLAGS]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: no intact checkpoint in")
+    assert _snapshot(tmp_path) == before
 
 
-@needs_fmnist
-def test_main_exits_2_when_no_checkpoint_is_intact(tmp_path):
-    flags = [
-        "--config=configs/fashion_mnist_mlp.py",
-        "--config.model.width=16",
-        "--config.model.base_width=4",
-        "--config.dataset.train_subset=200",
-        "--config.train.batch_size=50",
-        "--config.train.num_train_steps=2",
-        "--config.train.checkpoint_every_steps=2",
-    ]
-    cmd = [sys.executable, str(ROOT / "main.py"), f"--workdir={tmp_path}", *flags]
-    subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
-    _flip(_largest_file(tmp_path / "checkpoints" / "2" / "state"))
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2
-    assert "error: no intact checkpoint" in p.stderr and "Traceback" not in p.stderr
+# The flags of _config() on main's command line (same run fingerprint).
+_MAIN_FLAGS = [
+    "--config=configs/fashion_mnist_mlp.py",
+    *(
+        f"--config.{k}={v}"
+        for k, v in {
+            "model.width": 64,
+            "model.base_width": 8,
+            "dataset.train_subset": 1000,
+            "train.batch_size": 50,
+            "train.eval_batch_size": 500,
+            "train.num_epochs": 2,
+            "train.num_train_steps": 6,
+            "train.checkpoint_every_steps": 2,
+            "train.log_every_steps": 2,
+            "train.max_checkpoints_to_keep": 5,
+            "optimizer.weight_decay": 5e-4,
+        }.items()
+    ),
+]
