@@ -17,6 +17,10 @@ from widesparse_jax import config as config_lib
 def load_variables(workdir: str, step: int | None = None):
     """Loads a finished (or running) run's model variables and masks from its workdir.
 
+    ``step``: which checkpoint (default: the newest on disk). It is verified against its
+    checksums first: ``checkpoint.CheckpointCorruptError`` (naming the newest intact step)
+    if damaged, ValueError if there is no such step.
+
     Returns:
       ``(variables, masks, config)``: ``variables = {'params', 'batch_stats'}`` as numpy
       pytrees, ``masks`` the keep-mask pytree (bool / None), ``config`` the run's ConfigDict.
