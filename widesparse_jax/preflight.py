@@ -46,6 +46,8 @@ def _existing_ancestor(path: str) -> str:
 
 def check_workdir(workdir: str) -> None:
     """The workdir is a directory (or can be created) on a writable file system."""
+    if "://" in workdir:  # gs:// and other remote file systems: checked by the first write
+        return
     bad = f"workdir {workdir!r} "
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(bad + "is a file: --workdir must be a directory (or a new path)")
