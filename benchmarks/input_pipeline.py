@@ -18,7 +18,8 @@ generator, sizes around 500x375, quality 90) and produce normalized float32 batc
 img/s/core = images / CPU seconds used by the pipeline (this process's threads and the
 loader's worker processes, user + system, from psutil) over the timed batches, after a warm-up
 of two batches: a per-core rate that another user of a shared machine does not change much.
-Wall-clock img/s are printed too. The four measurements are interleaved ``--repeats`` times and
+Wall-clock img/s are printed too, and ours without antialiasing in the train resize (faster,
+not the baseline's PIL resize) for comparison. The four measurements are interleaved ``--repeats`` times and
 the medians kept. The last line is
 ``train pipeline: X img/s/core, torchvision: Y img/s/core, ratio R``.
 """
@@ -69,7 +70,7 @@ def list_images(root: str) -> list:
 # ----------------------------------------------------------------------------- pipelines
 
 
-def ours(paths: list, train: bool, workers: int, batch: int, seed: int = 0):
+def ours(paths: list, train: bool, workers: int, batch: int, seed: int = 0, antialias=True):
     """Iterator of float32 [batch, 224, 224, 3] numpy batches (the project's transforms)."""
     tf, _ = sources.import_tf()
     mean, std = (
@@ -81,7 +82,7 @@ def ours(paths: list, train: bool, workers: int, batch: int, seed: int = 0):
         data = tf.io.read_file(path)
         if train:
             key = tf.random.experimental.stateless_fold_in(base, i)
-            image = imagenet.train_image(tf, data, key, SIZE)
+            image = imagenet.train_image(tf, data, key, SIZE, antialias)
         else:
             image = imagenet.eval_image(tf, data, SIZE)
         return (image - mean) / std
@@ -147,6 +148,7 @@ def run(root: str, workers: int, batch: int, batches: int, repeats: int) -> dict
     cases = {
         ("train", "ours"): lambda: ours(paths, True, workers, batch),
         ("train", "torchvision"): lambda: torchvision_loader(root, True, workers, batch),
+        ("train", "ours, no antialias"): lambda: ours(paths, True, workers, batch, antialias=False),
         ("eval", "ours"): lambda: ours(paths, False, workers, batch),
         ("eval", "torchvision"): lambda: torchvision_loader(root, False, workers, batch),
     }
@@ -179,6 +181,11 @@ def main() -> None:
             write_image_folder(root, a.classes, a.per_class)
         print(f"{len(list_images(root))} JPEGs in {root}; workers {a.workers}, batch {a.batch}")
         r = run(root, a.workers, a.batch, a.batches, a.repeats)
+    o, t = r["train"]["ours, no antialias"], r["train"]["torchvision"]
+    print(
+        f"train, ours without antialiasing (not the baseline's resize): {o['per_core']:.1f} "
+        f"img/s/core ({o['wall']:.1f} wall), ratio {o['per_core'] / t['per_core']:.2f}"
+    )
     for phase in ("train", "eval"):
         o, t = r[phase]["ours"], r[phase]["torchvision"]
         print(
