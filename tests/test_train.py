@@ -235,7 +235,7 @@ def _final_params(workdir):
 
 
 def _metric_records(workdir):
-    drop = ("examples_per_sec",)
+    drop = ("examples_per_sec", "input_wait_fraction")
     return [
         {k: v for k, v in r.items() if k not in drop}
         for r in metrics_lib.read_metrics(str(workdir))
@@ -459,3 +459,22 @@ def test_fast_cpu_flag_respects_user_setting(monkeypatch):
         + " "
         + platform.CPU_SCHEDULER_FLAG
     )
+
+
+@needs_fmnist
+def test_time_blocked_on_input_is_measured(tmp_path, monkeypatch):
+    """A train stream that sleeps 0.1 s per batch shows up as time blocked on next()."""
+    make = train._train_iterator
+
+    def slow(config, start_step):
+        for batch in make(config, start_step):
+            time.sleep(0.1)
+            yield batch
+
+    monkeypatch.setattr(train, "_train_iterator", slow)
+    c = small_mlp_config(num_train_steps=6, log_every_steps=3, checkpoint_every_steps=100)
+    summary = train.train_and_evaluate(c, str(tmp_path))
+    assert 0.6 <= summary["input_wait_s"] < summary["wall_time_s"]
+    waits = [r.get("input_wait_fraction") for r in metrics_lib.read_metrics(str(tmp_path))]
+    waits = [w for w in waits if w is not None]
+    assert len(waits) == 2 and all(0.0 < w <= 1.0 for w in waits)

@@ -223,13 +223,19 @@ class _Clock:
     window_start: float = dataclasses.field(default_factory=time.time)
     window_steps: int = 0
     steps_run: int = 0
+    window_wait: float = 0.0  # seconds blocked on next(train_iter) in this window
+    total_wait: float = 0.0
+
+    def waited(self, seconds: float) -> None:
+        self.window_wait += seconds
+        self.total_wait += seconds
 
     def tick(self) -> None:
         self.window_steps += 1
         self.steps_run += 1
 
     def restart_window(self) -> None:
-        self.window_start, self.window_steps = time.time(), 0
+        self.window_start, self.window_steps, self.window_wait = time.time(), 0, 0.0
 
 
 class _Loop:
@@ -265,10 +271,11 @@ class _Loop:
         eps = clock.window_steps * t.batch_size / max(dt, 1e-9)
         eta = (self.run.total_steps - done) * dt / clock.window_steps
         values = {**window.means(), "lr": lr, "examples_per_sec": eps}
+        values["input_wait_fraction"] = clock.window_wait / max(dt, 1e-9)
         self.log.write("train", done, values)
         if self.primary:
             logging.info(
-                "step %d/%d epoch %.2f loss %.4f acc %.2f%% lr %.4g %.0f ex/s ETA %s",
+                "step %d/%d epoch %.2f loss %.4f acc %.2f%% lr %.4g %.0f ex/s input wait %.0f%% ETA %s",
                 done,
                 self.run.total_steps,
                 done / self.run.steps_per_epoch,
@@ -276,6 +283,7 @@ class _Loop:
                 values["train_accuracy"],
                 lr,
                 eps,
+                100.0 * values["input_wait_fraction"],
                 _fmt_seconds(eta),
             )
         window.reset()
@@ -347,6 +355,7 @@ class _Loop:
             "total_weights": int(masks_lib.count_weights(state.params)),
             "wall_time_s": time.time() - self.clock.start,
             "steps_this_session": self.clock.steps_run,
+            "input_wait_s": self.clock.total_wait,
         }
 
 
@@ -419,7 +428,10 @@ def _train_locked(run: setup.Run, workdir: str, resume_diverged: bool) -> dict:
     loop = _Loop(config, run, ckpt, workdir, state, progress)
     try:
         for step in range(start_step, run.total_steps):
-            loop.step(step, next(train_iter))
+            t0 = time.perf_counter()
+            batch = next(train_iter)
+            loop.clock.waited(time.perf_counter() - t0)
+            loop.step(step, batch)
     finally:
         loop.log.close()
         ckpt.close()

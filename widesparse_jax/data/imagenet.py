@@ -11,6 +11,9 @@ buffer, but are neither decoded nor augmented). Exactness relies on tf.data dete
 
 Train: RandomResizedCrop(size, scale=(0.2, 1)) + flip ('imagenet') or the eval transform
 ('none'). Eval: resize the shorter side to round(size / 0.875), center crop size x size.
+Both follow torchvision (the baseline): its crop sampler (:func:`sample_crop`), its output-size
+and offset rounding, antialiased bilinear resizes and libjpeg's accurate IDCT (PIL's); the
+remaining differences are in docs/baseline_comparison.md.
 """
 
 from __future__ import annotations
@@ -28,59 +31,120 @@ from widesparse_jax.data.normalize import make_normalizer
 from widesparse_jax.data.spec import DataSpec
 
 CROP_FRACTION = 0.875  # eval: resize shorter side to size / 0.875 (256 for 224), center crop.
+CROP_SCALE = (0.2, 1.0)  # RandomResizedCrop area range (the baseline's scale=(0.2, 1))
+CROP_RATIO = (3 / 4, 4 / 3)  # its aspect-ratio (w / h) range, sampled log-uniformly
+CROP_TRIES = 10  # torchvision's attempts before its center-crop fallback
+DCT_METHOD = "INTEGER_ACCURATE"  # libjpeg's ISLOW IDCT, as PIL decodes (TF's default: IFAST)
 
 # ----------------------------------------------------------------------------- image transforms
 
 
 def _decode_full(tf, image_bytes):
-    return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    """uint8 [H, W, 3] of a JPEG (PIL's IDCT), PNG, GIF or BMP."""
+    return tf.cond(
+        tf.io.is_jpeg(image_bytes),
+        lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method=DCT_METHOD),
+        lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
+    )
 
 
-def train_image(tf, image_bytes, seed_pair, size: int):
-    """RandomResizedCrop(size, scale=(0.2, 1), ratio=(3/4, 4/3)) + flip; float32 [size, size, 3].
+def _round_int(tf, x):
+    """Round half to even (Python's ``round``) and cast to int32."""
+    return tf.cast(tf.round(x), tf.int32)
 
-    seed_pair: int64 [2] stateless seed. If no valid window is found in 10 attempts the whole
-    image is used (torchvision falls back to a center crop instead). Values stay on 0..255.
+
+def sample_crop(tf, seed_pair, height, width, scale=CROP_SCALE, ratio=CROP_RATIO):
+    """torchvision's ``RandomResizedCrop.get_params`` on stateless TF randoms.
+
+    seed_pair: int [2]; height, width: int32 scalars. Returns int32 scalars (top, left, h, w).
+    Up to 10 tries of area ~ U(scale) * H * W and log(w / h) ~ U(log ratio), w and h rounded;
+    the first try that fits is used, at a uniform integer offset. Else the fallback: the
+    whole image, clamped to the ratio range, centered (offsets floored).
     """
-    seeds = tf.random.experimental.stateless_split(seed_pair, num=2)
-    is_jpeg = tf.io.is_jpeg(image_bytes)
-    shape = tf.cond(
-        is_jpeg,
+    s_area, s_ratio, s_top, s_left = tf.unstack(
+        tf.random.experimental.stateless_split(seed_pair, num=4)
+    )
+    hf, wf = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    area = hf * wf * tf.random.stateless_uniform([CROP_TRIES], s_area, scale[0], scale[1])
+    log_r = tf.random.stateless_uniform(
+        [CROP_TRIES], s_ratio, math.log(ratio[0]), math.log(ratio[1])
+    )
+    w = _round_int(tf, tf.sqrt(area * tf.exp(log_r)))
+    h = _round_int(tf, tf.sqrt(area / tf.exp(log_r)))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    in_ratio = wf / hf
+    fb_w = tf.where(in_ratio > ratio[1], _round_int(tf, hf * ratio[1]), width)
+    fb_h = tf.where(in_ratio < ratio[0], _round_int(tf, wf / ratio[0]), height)
+    found = tf.reduce_any(fits)
+    ch, cw = tf.where(found, h[first], fb_h), tf.where(found, w[first], fb_w)
+
+    def offset(seed, room):  # uniform on 0..room if found, else room // 2
+        u = tf.random.stateless_uniform([], seed, 0, room + 1, dtype=tf.int32)
+        return tf.where(found, u, room // 2)
+
+    return offset(s_top, height - ch), offset(s_left, width - cw), ch, cw
+
+
+def crop_and_resize(tf, image_bytes, box, size: int, antialias: bool = True):
+    """Crop box (top, left, h, w) and resize to [size, size] (antialiased bilinear, as PIL).
+
+    JPEGs are decoded only inside the box (fused decode-and-crop). float32 [size, size, 3].
+    """
+    oy, ox, h, w = box
+    image = tf.cond(
+        tf.io.is_jpeg(image_bytes),
+        lambda: tf.io.decode_and_crop_jpeg(
+            image_bytes, tf.stack([oy, ox, h, w]), channels=3, dct_method=DCT_METHOD
+        ),
+        lambda: tf.image.crop_to_bounding_box(_decode_full(tf, image_bytes), oy, ox, h, w),
+    )
+    return tf.image.resize(image, [size, size], method="bilinear", antialias=antialias)
+
+
+def image_shape(tf, image_bytes):
+    """int32 [3] (H, W, C) of an encoded image; JPEGs read from the header only."""
+    return tf.cond(
+        tf.io.is_jpeg(image_bytes),
         lambda: tf.image.extract_jpeg_shape(image_bytes),
         lambda: tf.shape(_decode_full(tf, image_bytes), out_type=tf.int32),
     )
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape,
-        tf.zeros([1, 0, 4], tf.float32),
-        seed=seeds[0],
-        min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3),
-        area_range=(0.2, 1.0),
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    oy, ox, _ = tf.unstack(begin)
-    h, w, _ = tf.unstack(crop_size)
-    image = tf.cond(
-        is_jpeg,
-        lambda: tf.io.decode_and_crop_jpeg(image_bytes, tf.stack([oy, ox, h, w]), channels=3),
-        lambda: tf.image.crop_to_bounding_box(_decode_full(tf, image_bytes), oy, ox, h, w),
-    )
-    image = tf.image.resize(image, [size, size], method="bilinear", antialias=False)
+
+
+def train_image(tf, image_bytes, seed_pair, size: int, antialias: bool = True):
+    """RandomResizedCrop(size, scale=(0.2, 1)) + flip, as torchvision; float32 [size, size, 3].
+
+    seed_pair: int64 [2] stateless seed. Values stay on 0..255. ``antialias=False`` (not the
+    baseline's; ~1.7x faster per image on CPU) is for benchmarks/input_pipeline.py only.
+    """
+    seeds = tf.random.experimental.stateless_split(seed_pair, num=2)
+    shape = image_shape(tf, image_bytes)
+    box = sample_crop(tf, seeds[0], shape[0], shape[1])
+    image = crop_and_resize(tf, image_bytes, box, size, antialias)
     return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
 
 
+def resized_shape(tf, hw, resize: int):
+    """torchvision ``Resize(resize)`` output (h, w): shorter side = resize, longer floored.
+
+    hw: int32 [2]. The longer side is ``int(resize * long / short)`` (exact integer division).
+    """
+    short, long = tf.reduce_min(hw), tf.reduce_max(hw)
+    new_long = (resize * long) // short
+    return tf.where(hw[0] <= hw[1], tf.stack([resize, new_long]), tf.stack([new_long, resize]))
+
+
 def eval_image(tf, image_bytes, size: int):
-    """Resize the shorter side to round(size / 0.875), center crop; float32 [size, size, 3]."""
+    """torchvision Resize(round(size / 0.875)) + CenterCrop(size); float32 [size, size, 3].
+
+    Antialiased bilinear resize; crop offsets ``round((new - size) / 2)`` (half to even).
+    """
     image = _decode_full(tf, image_bytes)
     resize = int(round(size / CROP_FRACTION))
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = resize / tf.reduce_min(shape)
-    new_hw = tf.cast(tf.round(shape * scale), tf.int32)
-    new_hw = tf.maximum(new_hw, resize)
+    new_hw = resized_shape(tf, tf.shape(image, out_type=tf.int32)[:2], resize)
     image = tf.image.resize(image, new_hw, method="bilinear", antialias=True)
-    oy = (new_hw[0] - size) // 2
-    ox = (new_hw[1] - size) // 2
+    oy = _round_int(tf, tf.cast(new_hw[0] - size, tf.float32) / 2.0)
+    ox = _round_int(tf, tf.cast(new_hw[1] - size, tf.float32) / 2.0)
     return tf.image.crop_to_bounding_box(image, oy, ox, size, size)  # float32, 0..255
 
 
