@@ -70,6 +70,26 @@ def stats_of_run(workdir: str, images: Optional[np.ndarray] = None) -> dict:
     return out
 
 
+def backfill_connected(workdir: str, stats: dict) -> dict:
+    """Adds ``frac_connected`` / ``frac_dead_connected`` to stats written before they existed,
+    from the run's masks redrawn through ``setup`` (masks are a function of config and seed).
+    ``frac_dead_connected`` = 1 - useful / connected (useful units are connected)."""
+    from widesparse_jax import checkpoint, data, setup, train
+    from widesparse_jax import config as config_lib
+
+    config = config_lib.resolve_config(checkpoint.read_config(workdir))
+    run = setup.build_run(config, data.static_info(train.data_spec(config)), axis_name=None)
+    fc, cl = run.masks["fc"]["kernel"], run.masks["cl"]["kernel"]
+    shapes = run.param_shapes
+    fi = us.fan_in(np.ones(shapes["fc"]["kernel"].shape, bool) if fc is None else np.asarray(fc))
+    fo = us.fan_out(np.ones(shapes["cl"]["kernel"].shape, bool) if cl is None else np.asarray(cl))
+    if int(fi.sum()) != stats["kept_fc"] or int(fo.sum()) != stats["kept_cl"]:
+        raise ValueError(f"{workdir}: redrawn masks do not match the recorded kept counts")
+    connected = float(np.mean((fi > 0) & (fo > 0)))
+    dead = 1.0 - stats["frac_useful"] / connected if connected else 0.0
+    return {**stats, "frac_connected": connected, "frac_dead_connected": dead}
+
+
 def stats_all(out_dir: str, prune_checkpoints: bool = False, log=print) -> int:
     """Writes ``unit_stats.json`` for each finished run that lacks it. Returns the count."""
     from experiments.sweep_report import is_finished
@@ -95,6 +115,11 @@ def stats_all(out_dir: str, prune_checkpoints: bool = False, log=print) -> int:
                 json.dump(stats, f, indent=2)
             done += 1
             log(f"{name}: useful {stats['frac_useful']:.3f} dead {stats['frac_dead']:.3f}")
+        elif "frac_connected" not in json.load(open(path)):
+            stats = backfill_connected(workdir, json.load(open(path)))
+            with open(path, "w") as f:
+                json.dump(stats, f, indent=2)
+            log(f"{name}: connected {stats['frac_connected']:.3f} (backfilled)")
         if prune_checkpoints and os.path.isfile(path):
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     return done
@@ -166,6 +191,8 @@ def cost_all(out_dir: str, widths: Sequence[int], reps: int = 3, log=print) -> d
 
 UNIT_KEYS = (
     "inputs_per_unit",
+    "frac_connected",
+    "frac_dead_connected",
     "frac_no_inputs",
     "frac_no_outputs",
     "frac_dead",
@@ -214,8 +241,9 @@ def _pct(v) -> str:
 def units_table(agg: Sequence[dict]) -> str:
     """Markdown: accuracy, unit diagnostics (% of units) and time per (family, width)."""
     lines = [
-        "| family | width | inputs / unit | no inputs % | no outputs % | dead % | useful % "
-        "| useful units | inputs / useful unit | kept weights on useful units % "
+        "| family | width | inputs / unit | no inputs % | no outputs % | connected % "
+        "| dead among connected % | useful units | inputs / useful unit "
+        "| kept weights on useful units % "
         "| best test acc (%) | final train acc (%) | wall / run (s) "
         "| sparse steps (s) | dense-masked steps, est. (s) | seeds |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -227,7 +255,8 @@ def units_table(agg: Sequence[dict]) -> str:
         ipuu = "–" if a["inputs_per_useful_unit"] is None else f"{a['inputs_per_useful_unit']:.2f}"
         lines.append(
             f"| {a['family']} | {a['width']} | {ipu} | {_pct(a['frac_no_inputs'])} "
-            f"| {_pct(a['frac_no_outputs'])} | {_pct(a['frac_dead'])} | {_pct(a['frac_useful'])} "
+            f"| {_pct(a['frac_no_outputs'])} | {_pct(a['frac_connected'])} "
+            f"| {_pct(a['frac_dead_connected'])} "
             f"| {useful} | {ipuu} | {_pct(a['useful_weight_fraction'])} "
             f"| {fmt(a['best_test_accuracy'], a['best_test_accuracy_std'], n)} "
             f"| {fmt(a['final_train_accuracy'], a['final_train_accuracy_std'], n)} "
@@ -266,8 +295,9 @@ def plot_units(agg: Sequence[dict], path: str, title: Optional[str] = None) -> N
     for key, label in (
         ("frac_no_inputs", "no inputs"),
         ("frac_no_outputs", "no outgoing weight"),
-        ("frac_dead", "dead (ReLU never on)"),
-        ("frac_useful", "useful (in, out, alive)"),
+        ("frac_connected", "connected (in and out)"),
+        ("frac_dead_connected", "dead among connected"),
+        ("frac_useful", "useful (connected, alive)"),
     ):
         ax.plot(w, [100 * (np.nan if a[key] is None else a[key]) for a in sp], "-o", ms=4,
                 label=label)  # fmt: skip

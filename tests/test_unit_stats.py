@@ -63,6 +63,8 @@ def test_unit_stats_hand_example():
     assert s["frac_no_outputs"] == 0.25  # unit 2
     assert s["frac_dead"] == 0.25  # unit 3 (never positive)
     assert s["frac_dead_with_inputs"] == pytest.approx(1 / 3)
+    assert s["frac_connected"] == 0.5  # units 0 and 3
+    assert s["frac_dead_connected"] == 0.5  # unit 3
     # useful: unit 0 only (1 has no inputs, 2 no outputs, 3 is dead)
     assert s["useful_units"] == 1 and s["frac_useful"] == 0.25
     assert s["inputs_per_useful_unit"] == 2.0

@@ -55,7 +55,7 @@ def test_report_merges_unit_stats_and_dense_masked_estimate(tmp_path):
     dense = [a for a in agg if a["family"] == "dense"][0]
     assert dense["dense_masked_est_s"] is None and dense["frac_useful"] is None
     table = open(os.path.join(out, "units.md")).read()
-    assert "| sparse | 64 | 2.00 |" in table and "| 60.0 |" in table
+    assert "| sparse | 64 | 2.00 |" in table and "| 12 |" in table
     assert os.path.getsize(os.path.join(out, "units.png")) > 0
 
 
@@ -93,4 +93,12 @@ def test_stats_of_real_runs_match_dense_recomputation(tmp_path):
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))
     dense = json.load(open(os.path.join(out, "runs", "dense_w5_s0", uss.STATS_FILE)))
     assert dense["frac_no_inputs"] == 0.0 and dense["inputs_per_unit"] == 784.0
+    assert s["frac_connected"] == pytest.approx((fc_mask.any(0) & cl_mask.any(1)).mean())
     assert uss.stats_all(out) == 0  # already done
+    # stats written before frac_connected existed are backfilled from redrawn masks
+    old = {k: v for k, v in s.items() if k not in ("frac_connected", "frac_dead_connected")}
+    with open(os.path.join(workdir, uss.STATS_FILE), "w") as f:
+        json.dump(old, f)
+    uss.stats_all(out)
+    with open(os.path.join(workdir, uss.STATS_FILE)) as f:
+        assert json.load(f)["frac_connected"] == pytest.approx(s["frac_connected"])

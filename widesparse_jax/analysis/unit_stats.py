@@ -105,8 +105,8 @@ def unit_stats(
       cl_mask: [n, C] bool (None: dense).
       max_pre: [n] largest pre-activation over the training set (``max_preactivation``).
 
-    A unit is *dead* if its ReLU is never active (``max_pre <= 0``) and *useful* if it has
-    >= 1 kept input, >= 1 kept outgoing weight and is not dead. ``useful_weight_fraction``:
+    A unit is *connected* if it has >= 1 kept input and >= 1 kept outgoing weight, *dead* if
+    its ReLU is never active (``max_pre <= 0``) and *useful* if connected and not dead. ``useful_weight_fraction``:
     the share of kept weights (fc and cl) attached to useful units; the rest can change no
     output that depends on the input.
     """
@@ -120,7 +120,8 @@ def unit_stats(
         )
     fi, fo = fan_in(fc), fan_out(cl)
     dead = np.asarray(max_pre) <= 0
-    useful = (fi > 0) & (fo > 0) & ~dead
+    connected = (fi > 0) & (fo > 0)
+    useful = connected & ~dead
     kept_fc, kept_cl = int(fi.sum()), int(fo.sum())
     kept = kept_fc + kept_cl
     return {
@@ -133,6 +134,8 @@ def unit_stats(
         "frac_no_outputs": float(np.mean(fo == 0)),
         "frac_dead": float(np.mean(dead)),
         "frac_dead_with_inputs": float(np.mean(dead[fi > 0])) if np.any(fi > 0) else 0.0,
+        "frac_connected": float(np.mean(connected)),
+        "frac_dead_connected": float(np.mean(dead[connected])) if connected.any() else 0.0,
         "frac_useful": float(np.mean(useful)),
         "useful_units": int(useful.sum()),
         "inputs_per_useful_unit": float(fi[useful].mean()) if useful.any() else 0.0,
