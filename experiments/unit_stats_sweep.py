@@ -275,8 +275,9 @@ def plot_units(agg: Sequence[dict], path: str, title: Optional[str] = None) -> N
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     dense = [a for a in agg if a["family"] == "dense"]
-    base = [a for a in dense if a["width"] == a["base_width"]]
-    sparse_pts = base + [a for a in agg if a["family"] == "sparse"]
+    sparse_only = [a for a in agg if a["family"] == "sparse"]
+    bases = {a["base_width"] for a in sparse_only}
+    sparse_pts = [a for a in dense if a["width"] in bases] + sparse_only  # from the base point
     ax = axes[0]
     for pts, colour, label in ((dense, "tab:blue", "dense"), (sparse_pts, "tab:red", "sparse")):
         w = [a["width"] for a in pts]
