@@ -106,45 +106,54 @@ def plan_runs(
     seeds: Sequence[int] = (0,),
     bottlenecks: Sequence[str] = (),
     sparse: bool = True,
+    dense_widths: Optional[Sequence[int]] = None,
 ) -> list[RunSpec]:
     """All members of the sweep, dense first, widths ascending.
 
+    ``dense_widths``: the dense family's widths when they differ from ``widths`` (e.g. sparse
+    nets far wider than dense masking can afford); None: the same widths.
     Raises ValueError for a width below the base width, a non-positive width, duplicate widths
     or seeds, a negative seed, or an unknown bottleneck kind.
     """
     if not isinstance(base_width, int) or base_width < 1:
         raise ValueError(f"base width {base_width!r} not allowed: an integer >= 1")
-    widths = list(widths)
-    if not widths:
-        raise ValueError("widths is empty: give at least one width >= the base width")
-    bad = [w for w in widths if not isinstance(w, int) or w < 1]
-    if bad:
-        raise ValueError(f"widths {bad} not allowed: integers >= 1")
-    below = [w for w in widths if w < base_width]
-    if below:
-        raise ValueError(
-            f"widths {below} are below the base width {base_width}: every width must "
-            f"be >= {base_width} (a sparse net keeps the weight count of the narrower "
-            "base net)"
-        )
-    if len(set(widths)) != len(widths):
-        raise ValueError(f"widths {widths} contain duplicates")
+    if dense_widths is not None:
+        _check_widths(base_width, list(dense_widths), "dense widths")
+    _check_widths(base_width, list(widths), "widths")
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
         raise ValueError(f"seeds {seeds} not allowed: distinct integers >= 0, at least one")
     unknown = [b for b in bottlenecks if b not in BOTTLENECKS]
     if unknown:
         raise ValueError(f"bottleneck kinds {unknown} unknown; allowed: {list(BOTTLENECKS)}")
-    widths = sorted(widths)
     families = ["dense"] + (["sparse"] if sparse else []) + [f"bottleneck-{b}" for b in bottlenecks]
     specs = []
     for family in families:
-        for w in widths:
+        fam_widths = dense_widths if family == "dense" and dense_widths is not None else widths
+        for w in sorted(fam_widths):
             if family != "dense" and w == base_width:
                 continue  # the dense base net is every family's starting point
             for s in seeds:
                 specs.append(RunSpec(family, w, base_width, s))
     return specs
+
+
+def _check_widths(base_width: int, widths: list, what: str) -> None:
+    """Raises ValueError unless ``widths`` are distinct integers >= ``base_width``."""
+    if not widths:
+        raise ValueError(f"{what} is empty: give at least one width >= the base width")
+    bad = [w for w in widths if not isinstance(w, int) or w < 1]
+    if bad:
+        raise ValueError(f"{what} {bad} not allowed: integers >= 1")
+    below = [w for w in widths if w < base_width]
+    if below:
+        raise ValueError(
+            f"{what} {below} are below the base width {base_width}: every width must "
+            f"be >= {base_width} (a sparse net keeps the weight count of the narrower "
+            "base net)"
+        )
+    if len(set(widths)) != len(widths):
+        raise ValueError(f"{what} {widths} contain duplicates")
 
 
 # ----------------------------------------------------------------------------- configs
@@ -338,12 +347,14 @@ def run_sweep(
     title: Optional[str] = None,
     command: Optional[str] = None,
     log=print,
+    dense_widths: Optional[Sequence[int]] = None,
 ) -> list[dict]:
     """Runs every member (skipping finished ones) sequentially, then writes the report.
 
+    ``dense_widths``: the dense family's widths (None: ``widths``).
     Returns the report rows (see ``sweep_report.collect_rows``).
     """
-    specs = plan_runs(base_width, widths, seeds, bottlenecks, sparse)
+    specs = plan_runs(base_width, widths, seeds, bottlenecks, sparse, dense_widths)
     base = apply_overrides(load_config_file(config_path), overrides)
     validate_all(base, specs)
     os.makedirs(out_dir, exist_ok=True)
@@ -426,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="run every member (sequentially) and write the report")
     _add_common(s)
     s.add_argument("--widths", required=True, help="comma-separated, each >= --base-width")
+    s.add_argument(
+        "--dense-widths", default=None, help="the dense family's widths (default: --widths)"
+    )
     s.add_argument("--seeds", default="0", help="comma-separated train seeds (default 0)")
     s.add_argument("--bottleneck", default="", help="comma-separated: linear,nonlinear")
     s.add_argument("--no-sparse", action="store_true", help="skip the masked sparse family")
@@ -502,7 +516,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         widths = parse_int_list(args.widths, "--widths")
         seeds = parse_int_list(args.seeds, "--seeds")
         bottlenecks = [b.strip() for b in args.bottleneck.split(",") if b.strip()]
-        specs = plan_runs(args.base_width, widths, seeds, bottlenecks, not args.no_sparse)
+        dense_widths = (
+            None
+            if args.dense_widths is None
+            else parse_int_list(args.dense_widths, "--dense-widths")
+        )
+        specs = plan_runs(
+            args.base_width, widths, seeds, bottlenecks, not args.no_sparse, dense_widths
+        )
         if args.jobs_file is not None:
             base = apply_overrides(load_config_file(args.config), args.set)
             validate_all(base, specs)
@@ -531,6 +552,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.prune_checkpoints,
             args.title,
             command,
+            dense_widths=dense_widths,
         )
         print(markdown_table(aggregate(rows), args.title))
         return 0

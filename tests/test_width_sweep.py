@@ -60,6 +60,29 @@ def test_plan_runs_members_and_names():
     assert len(specs) == 6 + 4 + 4
 
 
+def test_plan_runs_dense_widths_differ_from_sparse_widths():
+    specs = ws.plan_runs(64, [128, 65536, 1024], seeds=[0], dense_widths=[256, 64])
+    names = [s.name for s in specs]
+    assert names == [
+        "dense_w64_s0",
+        "dense_w256_s0",
+        "sparse_w128_s0",
+        "sparse_w1024_s0",
+        "sparse_w65536_s0",
+    ]
+    with pytest.raises(ValueError, match=r"dense widths \[32\] are below the base width 64"):
+        ws.plan_runs(64, [128], dense_widths=[32, 64])
+
+
+def test_cli_dense_widths_in_jobs_file(capsys):
+    argv = ["sweep", "--config", "configs/mnist_mlp.py", "--out", "/tmp/unused_ws_dense"]
+    argv += ["--base-width", "5", "--widths", "10,640", "--dense-widths", "5,10"]
+    assert ws.main(argv + ["--jobs-file", "-"]) == 0
+    text = capsys.readouterr().out
+    assert "--family dense --width 10 " in text and "--family sparse --width 640 " in text
+    assert "--family dense --width 640 " not in text
+
+
 @pytest.mark.parametrize(
     "base, widths, seeds, match",
     [
