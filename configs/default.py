@@ -60,7 +60,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.sparsity.dense_layers = ()  # layer names kept dense, e.g. ('cl',) for the NTK MLP
     config.sparsity.mask_seed = config_dict.placeholder(int)  # None: same as train.seed
     config.sparsity.apply = "update"  # update (optimizer) | forward (also forward pass) | sparse (kept weights only; MLP)
-    config.sparsity.sparse_below_density = 0.5  # sparse: layers at lower density run sparse
+    # sparse: MLP layers below this density run sparse (measured per-layer crossover 0.017-0.028
+    # at widths 256-4096: benchmarks/sparse_compute.py --crossover, docs/performance.md)
+    config.sparsity.sparse_below_density = 0.02
+    # sparse: kernel-granularity ResNet convs below this channel density run sparse (--conv)
+    config.sparsity.sparse_conv_below_density = 0.05
 
     # ---- optimizer --------------------------------------------------------------
     config.optimizer = ml_collections.ConfigDict()
