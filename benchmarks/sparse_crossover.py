@@ -16,10 +16,9 @@ crossover: the density where sparse and dense take equal time (log-interpolated)
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from widesparse_jax.sparse import conv as sconv
 from widesparse_jax.sparse.format import layout_of
@@ -160,7 +159,8 @@ def run_conv(widths, batch: int = 8, grid=CONV_GRID, reps: int = 3) -> dict:
     for width in widths:
         for name, cin, cout, hw, stride in resnet_convs(width):
             label = f"w{width} {name} {cin}->{cout} @{hw}/{stride}"
-            rows = scan(lambda d: conv_layer(cin, cout, hw, stride, d, batch, reps), grid, label)
+            shape = (cin, cout, hw, stride)
+            rows = scan(lambda d, s=shape: conv_layer(*s, d, batch, reps), grid, label)
             out[(width, name)] = crossover(rows)
             print(f"conv {label}: crossover density {_fmt(out[(width, name)])}", flush=True)
     return out

@@ -63,8 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
     # sparse: MLP layers below this density run sparse (measured per-layer crossover 0.017-0.028
     # at widths 256-4096: benchmarks/sparse_compute.py --crossover, docs/performance.md)
     config.sparsity.sparse_below_density = 0.02
-    # sparse: kernel-granularity ResNet convs below this channel density run sparse (--conv)
-    config.sparsity.sparse_conv_below_density = 0.05
+    # sparse: kernel-granularity ResNet convs below this channel density run sparse (measured
+    # per-layer crossover 0.014-0.077, median ~0.036, widths 64/128: --conv, docs/performance.md)
+    config.sparsity.sparse_conv_below_density = 0.03
 
     # ---- optimizer --------------------------------------------------------------
     config.optimizer = ml_collections.ConfigDict()

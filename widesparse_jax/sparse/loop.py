@@ -99,7 +99,7 @@ def make_mode(run) -> SparseMode | ConvSparseMode | None:
         return None
     _check_supported(run.config)
     if _is_kernel_resnet(run.config):
-        layouts = sconv.conv_layouts(run.masks, s.get("sparse_conv_below_density", 0.05))
+        layouts = sconv.conv_layouts(run.masks, s.get("sparse_conv_below_density", 0.03))
         return ConvSparseMode(run, layouts) if layouts else None
     fc = run.masks["fc"]["kernel"]
     density = 1.0 if fc is None else float(np.mean(fc))
