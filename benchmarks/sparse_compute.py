@@ -3,6 +3,7 @@
   python -m benchmarks.sparse_compute [--widths 640,4096,32768] [--dense-max 32768] [--reps 5]
   python -m benchmarks.sparse_compute --crossover   # per-layer MLP crossover densities
   python -m benchmarks.sparse_compute --conv        # per-layer ResNet conv crossovers
+  python -m benchmarks.sparse_compute --per-weight  # per-weight sparse conv vs dense masking
 
 One run, side by side: the dense-masked step (``train.train_step``), the sparse step
 (``sparse.step.sparse_train_step``, kept weights only) and the dense base-width (5) step, as
@@ -100,14 +101,17 @@ def main(argv=None) -> None:
     p.add_argument("--conv", action="store_true", help="per-layer ResNet conv crossover only")
     p.add_argument("--conv-widths", default="64,128")
     p.add_argument("--conv-batch", type=int, default=8)
+    p.add_argument("--per-weight", action="store_true", help="per-weight sparse conv layer")
     a = p.parse_args(argv)
-    if a.crossover or a.conv:
+    if a.crossover or a.conv or a.per_weight:
         from benchmarks import sparse_crossover as sc
 
         if a.crossover:
             sc.run_mlp([int(s) for s in a.cross_widths.split(",")], reps=a.reps)
         if a.conv:
             sc.run_conv([int(s) for s in a.conv_widths.split(",")], batch=a.conv_batch)
+        if a.per_weight:
+            sc.run_per_weight(batch=a.conv_batch)
         return
     batch = _batch(a.batch)
     base_run = build(BASE_WIDTH, None)

@@ -168,3 +168,51 @@ def run_conv(widths, batch: int = 8, grid=CONV_GRID, reps: int = 3) -> dict:
 
 def _fmt(d) -> str:
     return "none (dense always faster)" if d is None else f"{d:.3f}"
+
+
+def per_weight_conv(x, values, taps, pad=((1, 1), (1, 1))):
+    """3x3 stride-1 conv from per-weight kept entries (benchmark only: it loses to dense
+    masking, see docs/performance.md). taps: 9 x (rows, cols) int32 sorted by col; values:
+    9 x [nnz_t]. x [N, H, W, Cin] -> [N, H, W, Cout]."""
+    n, h, w, _ = x.shape
+    xt = jnp.pad(jnp.transpose(x, (3, 0, 1, 2)), ((0, 0), (0, 0), *pad))
+    y = 0
+    for t, ((rows, cols, cout), v) in enumerate(zip(taps, values)):
+        a, b = divmod(t, 3)
+        z = xt[rows, :, a : a + h, b : b + w] * v[:, None, None, None]
+        y = y + jax.ops.segment_sum(z, cols, cout, indices_are_sorted=True)
+    return jnp.transpose(y, (1, 2, 3, 0))
+
+
+def per_weight_layer(cin: int, cout: int, hw: int, density: float, batch: int, reps=3):
+    """(dense-masked ms, per-weight sparse ms) of one 3x3 stride-1 conv, forward + grads."""
+    rng = np.random.RandomState(0)
+    mask = rng.rand(3, 3, cin, cout) < density
+    x = jnp.asarray(rng.randn(batch, hw, hw, cin).astype(np.float32))
+    w = jnp.asarray(rng.randn(3, 3, cin, cout).astype(np.float32))
+    taps, vals = [], []
+    for t in range(9):
+        lay = layout_of(mask[t // 3, t % 3])
+        taps.append((jnp.asarray(lay.rows), jnp.asarray(lay.cols), cout))
+        vals.append(w[t // 3, t % 3][lay.rows, lay.cols])
+    m, pad = jnp.asarray(mask), ((1, 1), (1, 1))
+
+    def dense(w, x):
+        def f(w, x):
+            y = jax.lax.conv_general_dilated(x, jnp.where(m, w, 0.0), (1, 1), pad, None, None, DN)
+            return jnp.sum(jnp.tanh(y))
+
+        return jax.grad(f, (0, 1))(w, x)
+
+    def sparse(v, x):
+        return jax.grad(lambda v, x: jnp.sum(jnp.tanh(per_weight_conv(x, v, taps))), (0, 1))(v, x)
+
+    return time_fn(dense, w, x, reps=reps), time_fn(sparse, vals, x, reps=reps)
+
+
+def run_per_weight(width: int = 128, batch: int = 8, grid=(0.02, 0.05, 0.1, 0.2, 0.5)) -> None:
+    """Per-weight (granularity='weight') sparse conv vs dense masking: layer3 conv2 shape."""
+    c = 4 * width
+    print(f"per-weight 3x3 conv {c}->{c} @8, batch {batch}, forward + kernel and input grads")
+    rows = scan(lambda d: per_weight_layer(c, c, 8, d, batch), grid, f"w{width} per-weight")
+    print(f"per-weight conv w{width} {c}->{c} @8: crossover density {_fmt(crossover(rows))}")
