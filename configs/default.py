@@ -59,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.sparsity.granularity = "weight"  # weight|kernel (the baseline's io_only)
     config.sparsity.dense_layers = ()  # layer names kept dense, e.g. ('cl',) for the NTK MLP
     config.sparsity.mask_seed = config_dict.placeholder(int)  # None: same as train.seed
-    config.sparsity.apply = "update"  # update (optimizer) | forward (also forward pass) | sparse (kept weights only; MLP)
+    config.sparsity.apply = "update"  # update (optimizer) | forward (also forward pass) | sparse (kept weights only; MLP, kernel-granularity ResNet-18)
     # sparse: MLP layers below this density run sparse (measured per-layer crossover 0.017-0.028
     # at widths 256-4096: benchmarks/sparse_compute.py --crossover, docs/performance.md)
     config.sparsity.sparse_below_density = 0.02
