@@ -216,3 +216,44 @@ def run_per_weight(width: int = 128, batch: int = 8, grid=(0.02, 0.05, 0.1, 0.2,
     print(f"per-weight 3x3 conv {c}->{c} @8, batch {batch}, forward + kernel and input grads")
     rows = scan(lambda d: per_weight_layer(c, c, 8, d, batch), grid, f"w{width} per-weight")
     print(f"per-weight conv w{width} {c}->{c} @8: crossover density {_fmt(crossover(rows))}")
+
+
+def plan_densities(width: int, base_width: int = 18) -> dict:
+    """{conv name: channel density} of ResNet-18 (CIFAR stem) at ``width`` with the
+    'paper' kernel-granularity plan at the weight count of ``base_width``."""
+    from widesparse_jax.masks import count_weights, make_plan
+    from widesparse_jax.masks.__main__ import _model_shapes
+
+    params, order = _model_shapes("resnet18", width, 10, "cifar", 3)
+    base, _ = _model_shapes("resnet18", base_width, 10, "cifar", 3)
+    plan = make_plan(params, list(order), base_total=count_weights(base), granularity="kernel")
+    return {"/".join(lay.path[:-1]): lay.keep / lay.size for lay in plan.layers}
+
+
+def run_conv_net(widths, batch: int = 8, threshold: float = 0.03) -> None:
+    """Each distinct 3x3 conv of ResNet-18 at its planned density (one timing each), and the
+    sum over the network's 16 block convs: dense masking vs sparse below ``threshold``."""
+    for width in widths:
+        dens = plan_densities(width)
+        total = {"dense": 0.0, "mixed": 0.0}
+        print(f"width {width} (base 18), batch {batch}: per-layer ms at the planned density")
+        for name, cin, cout, hw, stride in resnet_convs(width):
+            d = dens[name.replace("_x/", "_1/")]
+            copies = 1 if name.endswith("0/conv1") and not name.startswith("layer1") else 3
+            copies = 4 if name.startswith("layer1") and name.endswith("x/conv2") else copies
+            copies = 0 if name == "layer1_0/conv1" else copies  # counted in layer1_x (same shape)
+            dense_ms, sparse_ms = conv_layer(cin, cout, hw, stride, d, batch, reps=1)
+            use = sparse_ms if d < threshold else dense_ms
+            total["dense"] += copies * dense_ms
+            total["mixed"] += copies * use
+            print(
+                f"  {name} {cin}->{cout} @{hw}/{stride} x{copies} density {d:.4f}: dense-masked "
+                f"{dense_ms:8.1f} ms  sparse {sparse_ms:8.1f} ms ({sparse_ms / dense_ms:5.2f}x)",
+                flush=True,
+            )
+        r = total["mixed"] / total["dense"]
+        print(
+            f"conv width {width}: 16 block convs dense-masked {total['dense']:.0f} ms, sparse "
+            f"below {threshold} {total['mixed']:.0f} ms ({r:.2f}x)",
+            flush=True,
+        )
