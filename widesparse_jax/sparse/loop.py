@@ -2,9 +2,11 @@
 the pmapped steps and state conversions the loop uses for them.
 
 Supported here: the MLP, standard parametrization (no μP multipliers, no BatchNorm), and
-ResNet-18 with ``sparsity.granularity='kernel'`` (its kernel-masked convs below the conv
-threshold run :func:`sparse.conv.sparse_conv`; params, optimizer and checkpoints stay
-dense-masked). A run whose hidden layer's density is at or above
+ResNet-18 with ``sparsity.granularity='kernel'`` (its kernel-masked convs below
+``sparsity.sparse_conv_below_density`` run :func:`sparse.conv.sparse_conv`; params,
+optimizer and checkpoints stay dense-masked). A per-weight ('weight' granularity) ResNet
+stays dense-masked: no per-weight formulation measured beat dense masking on this CPU
+(docs/performance.md, "Sparse execution"). A run whose hidden layer's density is at or above
 ``config.sparsity.sparse_below_density`` stays dense-masked (``make_mode`` returns None),
 as does every run with another ``apply``.
 """
@@ -30,12 +32,11 @@ def _is_kernel_resnet(config) -> bool:
 def _check_supported(config) -> None:
     m = config.model
     ok = m.name == "mlp" and m.parametrization == "standard"
-    if not (ok or _is_kernel_resnet(config)):
+    if not (ok or m.name == "resnet18"):
         raise ValueError(
             f"config.sparsity.apply='sparse' supports model.name='mlp' with parametrization "
-            f"'standard', and model.name='resnet18' with sparsity.granularity='kernel'; got "
-            f"model.name={m.name!r}, parametrization={m.parametrization!r}, "
-            f"granularity={config.sparsity.granularity!r} (use apply='update')"
+            f"'standard', and model.name='resnet18'; got model.name={m.name!r}, "
+            f"parametrization={m.parametrization!r} (use apply='update')"
         )
 
 
@@ -98,6 +99,8 @@ def make_mode(run) -> SparseMode | ConvSparseMode | None:
     if s.get("apply", "update") != "sparse":
         return None
     _check_supported(run.config)
+    if run.config.model.name == "resnet18" and not _is_kernel_resnet(run.config):
+        return None  # per-weight convs: no sparse formulation beat dense masking on CPU
     if _is_kernel_resnet(run.config):
         layouts = sconv.conv_layouts(run.masks, s.get("sparse_conv_below_density", 0.03))
         return ConvSparseMode(run, layouts) if layouts else None
