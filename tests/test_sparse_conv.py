@@ -142,12 +142,16 @@ def test_resnet18_sparse_steps_match_dense_masking():
         s_d, m_d = dense(s_d, batch)
         s_s, m_s = sp(s_s, batch)
         losses.append((float(m_s["loss"]), float(m_d["loss"])))
-    # Step 1 is the same forward pass to round-off; SGD (lr 0.1, BN at batch 8) then
-    # amplifies round-off (measured: 1.2e-4 relative by step 10), a wrong conv gives O(1).
+        if len(losses) == 1:  # one update: the same params to round-off
+            for a, b in zip(jax.tree.leaves(s_s.params), jax.tree.leaves(s_d.params)):
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    # Step 1 is the same step to round-off; SGD (lr 0.1, BN at batch 8) then amplifies
+    # round-off (measured by step 10: loss 1.2e-4 relative, one kernel entry 3.6e-3 off
+    # among ~2e-5 typical); a wrong conv gives O(1) differences.
     np.testing.assert_allclose(*losses[0], rtol=1e-5)
     np.testing.assert_allclose(*np.array(losses).T, rtol=2e-3)
     back = mode.leave(s_s)
     for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(s_d.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-2, atol=1e-3)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-2, atol=1e-2)
     k = np.asarray(back.params["layer4_1"]["conv2"]["kernel"])
     assert not k[~np.asarray(run.masks["layer4_1"]["conv2"]["kernel"])].any()
