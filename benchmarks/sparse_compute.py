@@ -1,6 +1,10 @@
 """Sparse execution vs dense masking: MLP train step at 3970 kept weights, batch 100.
 
   python -m benchmarks.sparse_compute [--widths 640,4096,32768] [--dense-max 32768] [--reps 5]
+  python -m benchmarks.sparse_compute --crossover   # per-layer MLP crossover densities
+  python -m benchmarks.sparse_compute --conv        # per-layer ResNet conv crossovers
+  python -m benchmarks.sparse_compute --conv-net    # ResNet convs at their planned densities
+  python -m benchmarks.sparse_compute --per-weight  # per-weight sparse conv vs dense masking
 
 One run, side by side: the dense-masked step (``train.train_step``), the sparse step
 (``sparse.step.sparse_train_step``, kept weights only) and the dense base-width (5) step, as
@@ -93,7 +97,26 @@ def main(argv=None) -> None:
     p.add_argument("--dense-max", type=int, default=32768, help="widest dense-masked step")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--crossover", action="store_true", help="per-layer MLP crossover only")
+    p.add_argument("--cross-widths", default="256,1024,4096")
+    p.add_argument("--conv", action="store_true", help="per-layer ResNet conv crossover only")
+    p.add_argument("--conv-widths", default="64,128")
+    p.add_argument("--conv-batch", type=int, default=8)
+    p.add_argument("--per-weight", action="store_true", help="per-weight sparse conv layer")
+    p.add_argument("--conv-net", action="store_true", help="ResNet convs at planned densities")
     a = p.parse_args(argv)
+    if a.crossover or a.conv or a.per_weight or a.conv_net:
+        from benchmarks import sparse_crossover as sc
+
+        if a.crossover:
+            sc.run_mlp([int(s) for s in a.cross_widths.split(",")], reps=a.reps)
+        if a.conv:
+            sc.run_conv([int(s) for s in a.conv_widths.split(",")], batch=a.conv_batch)
+        if a.conv_net:
+            sc.run_conv_net([int(s) for s in a.conv_widths.split(",")], batch=a.conv_batch)
+        if a.per_weight:
+            sc.run_per_weight(batch=a.conv_batch)
+        return
     batch = _batch(a.batch)
     base_run = build(BASE_WIDTH, None)
     base = time_step(dense_fn(base_run), setup.init_state(base_run), batch, a.reps)

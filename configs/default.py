@@ -59,8 +59,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.sparsity.granularity = "weight"  # weight|kernel (the baseline's io_only)
     config.sparsity.dense_layers = ()  # layer names kept dense, e.g. ('cl',) for the NTK MLP
     config.sparsity.mask_seed = config_dict.placeholder(int)  # None: same as train.seed
-    config.sparsity.apply = "update"  # update (optimizer) | forward (also forward pass) | sparse (kept weights only; MLP)
-    config.sparsity.sparse_below_density = 0.5  # sparse: layers at lower density run sparse
+    config.sparsity.apply = "update"  # update (optimizer) | forward (also forward pass) | sparse (kept weights only; MLP, kernel-granularity ResNet-18)
+    # sparse: MLP layers below this density run sparse (measured per-layer crossover 0.017-0.028
+    # at widths 256-4096: benchmarks/sparse_compute.py --crossover, docs/performance.md)
+    config.sparsity.sparse_below_density = 0.02
+    # sparse: kernel-granularity ResNet convs below this channel density run sparse (measured
+    # per-layer crossover 0.014-0.077, median ~0.036, widths 64/128: --conv, docs/performance.md)
+    config.sparsity.sparse_conv_below_density = 0.03
 
     # ---- optimizer --------------------------------------------------------------
     config.optimizer = ml_collections.ConfigDict()

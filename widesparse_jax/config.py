@@ -160,13 +160,14 @@ def _check_sparsity(e: _Errors, s) -> None:
         s.mask_seed,
         "None (use train.seed) or an integer",
     )
-    density = s.get("sparse_below_density", 0.5)
-    e.check(
-        _is_number(density) and 0 <= density <= 1,
-        "sparsity.sparse_below_density",
-        density,
-        "a number in [0, 1]",
-    )
+    for field in ("sparse_below_density", "sparse_conv_below_density"):
+        density = s.get(field, 0.0)
+        e.check(
+            _is_number(density) and 0 <= density <= 1,
+            f"sparsity.{field}",
+            density,
+            "a number in [0, 1]",
+        )
 
 
 def _check_learning_rate(e: _Errors, config) -> None:

@@ -5,6 +5,9 @@
 * :mod:`mlp`: the one-hidden-layer MLP computed from its kept weights; hidden units that feed
   nothing (no kept classifier weight) are not computed at all (their gradients are exactly 0
   under dense masking too), so compute and activation memory grow with kept weights.
+* :mod:`conv`: kernel-granularity convs (``granularity='kernel'``) from their kept
+  (input, output) channel connections; ResNet-18 runs them inside the dense step through an
+  ``nn.Conv`` interceptor (params and checkpoints stay dense-masked).
 * :mod:`step`: the sparse train step (same optimizer, masks passed as None: every compact
   entry is kept).
 """
