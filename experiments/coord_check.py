@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import toolkit_common as tc
+from experiments.csv_rows import write_csv
 
 QUANTITIES = ("h", "logits", "delta_h", "delta_logits")
 PARAMS = ("standard", "ntk", "mup", "mup_nominal")
@@ -214,13 +215,6 @@ def read_csv(path: str) -> list[dict]:
             )
             for r in csv.DictReader(f)
         ]
-
-
-def write_csv(records: Sequence[dict], path: str) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(records[0]))
-        w.writeheader()
-        w.writerows(records)
 
 
 # --------------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ Layout of a sweep directory (written by ``experiments/width_sweep.py``)::
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 from typing import Optional, Sequence
+
+from experiments.csv_rows import write_csv
 
 FAMILIES = ("dense", "sparse", "bottleneck-linear", "bottleneck-nonlinear")
 RUNS_DIR = "runs"
@@ -299,11 +300,7 @@ def write_report(
         if os.path.isfile(info_path):
             with open(info_path) as f:
                 title = json.load(f).get("title")
-    with open(os.path.join(out_dir, "runs.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
+    write_csv(rows, os.path.join(out_dir, "runs.csv"), CSV_FIELDS)
     agg = aggregate(rows)
     text = markdown_table(agg, title)
     failures = collect_failures(out_dir)
