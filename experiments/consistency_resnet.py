@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import toolkit_common as tc
-from experiments.consistency_plots import plot_resnet
+from experiments.consistency_report import plot_resnet
 from experiments.csv_rows import write_csv
 from widesparse_jax.analysis import consistency as cons
 from widesparse_jax.analysis import noise_scale as ns

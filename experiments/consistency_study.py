@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import os
 import sys
@@ -40,7 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import toolkit_common as tc
-from experiments.consistency_plots import _smooth, plot, plot_resnet  # noqa: F401
+from experiments.consistency_report import (  # noqa: F401
+    MLP_COLUMNS,
+    _mlp_markdown,
+    _smooth,
+    _write_curves,
+    plot,
+    plot_resnet,
+)
 from experiments.consistency_resnet import (  # noqa: F401
     load_resnet_data,
     main_resnet,
@@ -49,7 +55,6 @@ from experiments.consistency_resnet import (  # noqa: F401
 )
 from experiments.csv_rows import write_csv
 from widesparse_jax.analysis import consistency as cons
-from widesparse_jax.analysis import noise_scale as ns
 
 SETTINGS = (("standard", False), ("mup", False), ("standard", True), ("mup", True))
 
@@ -285,71 +290,6 @@ def load_data(n_train: int = 20000) -> dict:
     x, y = tc.load_fashion_mnist("train", n_train)
     xt, yt = tc.load_fashion_mnist("test")
     return {"x": x, "y": y, "x_test": xt, "y_test": yt}
-
-
-MLP_COLUMNS = (
-    "param",
-    "sparse",
-    "width",
-    "test_acc",
-    "mean_abs_loss_gap",
-    "loss_gap_epoch1",
-    "prob_msd_epoch1",
-    "argmax_dis_epoch1",
-    "prob_msd",
-    "argmax_dis",
-    "cka_vs_widest",
-    "preact_std",
-    "preact_kurtosis",
-    "sharpness",
-    "eos_ratio",
-)
-
-
-def _write_curves(curves: dict, path: str) -> None:
-    """{'<param>_<dense|sparse>': {'<width>': per-step losses (5 decimals)}} as JSON."""
-    with open(path, "w") as f:
-        json.dump(
-            {
-                f"{k[0]}_{'sparse' if k[1] else 'dense'}": {
-                    str(w): [round(float(v), 5) for v in c] for w, c in d.items()
-                }
-                for k, d in curves.items()
-            },
-            f,
-        )
-
-
-def _ensemble_rows(ensemble: dict) -> list[dict]:
-    return [
-        dict(
-            param=k[0],
-            sparse=k[1],
-            **{f"ens_k{kk}": v for kk, v in e["ensemble_acc"].items()},
-            member_mean=e["member_mean_acc"],
-            widest=e["single_acc"],
-            gap=e["gap"],
-        )
-        for k, e in ensemble.items()
-    ]
-
-
-def _mlp_markdown(a, res: dict, widths: Sequence[int], wall: float) -> str:
-    return "\n".join(
-        [
-            "### Consistency across widths (MLP, Fashion-MNIST)",
-            "",
-            ns.markdown_table(res["rows"], list(MLP_COLUMNS), float_fmt=".4g"),
-            f"Ensemble of {a.ensemble_k} width-{a.base_width} nets vs the widest ({max(widths)}):",
-            "",
-            ns.markdown_table(_ensemble_rows(res["ensemble"]), float_fmt=".4g"),
-            f"Setting: first {a.n_train} training examples, {a.epochs} epochs, batch "
-            f"{a.batch_size}, lr {a.lr} (base), momentum 0.9, no weight decay, seed 0; μP base "
-            f"width {a.base_width}; sparse = weight count of the dense width-{a.base_width} net; "
-            f"wall {wall:.0f}s.",
-            "",
-        ]
-    )
 
 
 def _parser() -> argparse.ArgumentParser:

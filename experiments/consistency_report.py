@@ -1,12 +1,16 @@
-"""Figures of the consistency study (:mod:`experiments.consistency_study`): loss curves,
-their gap to the widest net, and the cross-width metrics vs width (MLP and ResNet-18)."""
+"""Figures and tables of the consistency study (:mod:`experiments.consistency_study`): loss
+curves, their gap to the widest net, the cross-width metrics vs width (MLP and ResNet-18), the
+MLP's markdown table and loss-curve JSON."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 
 import numpy as np
+
+from widesparse_jax.analysis import noise_scale as ns
 
 
 def _smooth(a: np.ndarray, k: int = 25) -> np.ndarray:
@@ -117,3 +121,68 @@ def plot_resnet(res: dict, path: str, widths: Sequence[int]) -> None:
         ax.legend(fontsize="x-small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+MLP_COLUMNS = (
+    "param",
+    "sparse",
+    "width",
+    "test_acc",
+    "mean_abs_loss_gap",
+    "loss_gap_epoch1",
+    "prob_msd_epoch1",
+    "argmax_dis_epoch1",
+    "prob_msd",
+    "argmax_dis",
+    "cka_vs_widest",
+    "preact_std",
+    "preact_kurtosis",
+    "sharpness",
+    "eos_ratio",
+)
+
+
+def _write_curves(curves: dict, path: str) -> None:
+    """{'<param>_<dense|sparse>': {'<width>': per-step losses (5 decimals)}} as JSON."""
+    with open(path, "w") as f:
+        json.dump(
+            {
+                f"{k[0]}_{'sparse' if k[1] else 'dense'}": {
+                    str(w): [round(float(v), 5) for v in c] for w, c in d.items()
+                }
+                for k, d in curves.items()
+            },
+            f,
+        )
+
+
+def _ensemble_rows(ensemble: dict) -> list[dict]:
+    return [
+        dict(
+            param=k[0],
+            sparse=k[1],
+            **{f"ens_k{kk}": v for kk, v in e["ensemble_acc"].items()},
+            member_mean=e["member_mean_acc"],
+            widest=e["single_acc"],
+            gap=e["gap"],
+        )
+        for k, e in ensemble.items()
+    ]
+
+
+def _mlp_markdown(a, res: dict, widths: Sequence[int], wall: float) -> str:
+    return "\n".join(
+        [
+            "### Consistency across widths (MLP, Fashion-MNIST)",
+            "",
+            ns.markdown_table(res["rows"], list(MLP_COLUMNS), float_fmt=".4g"),
+            f"Ensemble of {a.ensemble_k} width-{a.base_width} nets vs the widest ({max(widths)}):",
+            "",
+            ns.markdown_table(_ensemble_rows(res["ensemble"]), float_fmt=".4g"),
+            f"Setting: first {a.n_train} training examples, {a.epochs} epochs, batch "
+            f"{a.batch_size}, lr {a.lr} (base), momentum 0.9, no weight decay, seed 0; μP base "
+            f"width {a.base_width}; sparse = weight count of the dense width-{a.base_width} net; "
+            f"wall {wall:.0f}s.",
+            "",
+        ]
+    )
