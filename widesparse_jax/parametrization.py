@@ -77,21 +77,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from widesparse_jax import tree
-from widesparse_jax.choices import FAN_IN_MODES, PARAMETRIZATIONS, ROLES
+from widesparse_jax.choices import (
+    FAN_IN_MODES,
+    PARAMETRIZATIONS,
+    ROLES,
+    canonical_parametrization,
+)
 from widesparse_jax.masks import is_counted
 
 Path = tuple
 Params = Any
 
-
-_ALIASES = {
-    "standard": "standard",
-    "sp": "standard",
-    "ntk": "ntk",
-    "mup": "mup",
-    "μp": "mup",
-    "mean_field": "mup",
-}
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -113,13 +109,7 @@ __all__ = [
 
 def canonical_name(name: str) -> str:
     """'standard' | 'ntk' | 'mup' for ``name`` or an alias ('sp', 'μp', 'mean_field')."""
-    key = str(name).strip().lower()
-    if key not in _ALIASES:
-        raise ValueError(
-            f"unknown parametrization {name!r}; allowed: {PARAMETRIZATIONS} "
-            f"(aliases: {sorted(set(_ALIASES) - set(PARAMETRIZATIONS))})"
-        )
-    return _ALIASES[key]
+    return canonical_parametrization(name)
 
 
 def _check_widths(width: Any, base_width: Any) -> float:
