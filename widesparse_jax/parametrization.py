@@ -252,6 +252,13 @@ def leaf_factors(
     return out
 
 
+def _factor_tree(params: Params, factors: Mapping[str, tuple], index: int) -> Params:
+    """Pytree (params structure) of ``factors[layer name][index]`` (0: init, 1: lr)."""
+    return tree.map_with_path(
+        lambda p, leaf: None if leaf is None else factors[tree.path_name(p)][index], params
+    )
+
+
 def init_factors(
     params: Params,
     name: str,
@@ -266,9 +273,7 @@ def init_factors(
     f = leaf_factors(
         params, name, width, base_width, roles=roles, masks=masks, fan_in_mode=fan_in_mode
     )
-    return tree.map_with_path(
-        lambda p, leaf: None if leaf is None else f[tree.path_name(p)][0], params
-    )
+    return _factor_tree(params, f, 0)
 
 
 def apply_parametrization(
@@ -326,6 +331,4 @@ def lr_multipliers(
     f = leaf_factors(
         params, name, width, base_width, roles=roles, masks=masks, fan_in_mode=fan_in_mode
     )
-    return tree.map_with_path(
-        lambda p, leaf: None if leaf is None else f[tree.path_name(p)][1], params
-    )
+    return _factor_tree(params, f, 1)

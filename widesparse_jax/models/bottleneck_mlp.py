@@ -10,6 +10,7 @@ k comes from :func:`widesparse_jax.models.bottleneck_plan.mlp_bottleneck_plan`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional, Sequence
 
@@ -80,24 +81,13 @@ class MLPBottleneck(nn.Module):
             ),
             dtype=self.dtype,
         )
-        h = _FactorDense(
-            self.width,
-            self.inner_fc,
-            self.bottleneck == "nonlinear",
-            self.use_bias,
-            name="fc",
-            **kw,
-        )(flatten(x).astype(self.dtype))
+        layer = functools.partial(
+            _FactorDense, nonlinear=self.bottleneck == "nonlinear", use_bias=self.use_bias, **kw
+        )
+        h = layer(self.width, self.inner_fc, name="fc")(flatten(x).astype(self.dtype))
         if self.activation == "relu":
             h = nn.relu(h)
-        out = _FactorDense(
-            self.num_classes,
-            self.inner_cl,
-            self.bottleneck == "nonlinear",
-            self.use_bias,
-            name="cl",
-            **kw,
-        )(h)
+        out = layer(self.num_classes, self.inner_cl, name="cl")(h)
         return out.astype(jnp.float32)
 
 

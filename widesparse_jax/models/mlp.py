@@ -106,26 +106,6 @@ def mlp_weight_count(width: int, num_classes: int, input_dim: int = 784) -> int:
     return input_dim * width + width * num_classes
 
 
-def _dense(
-    features: int,
-    parametrization: str,
-    use_bias: bool,
-    init_distribution: str,
-    dtype: Dtype,
-    name: str,
-    fan_in: int,
-) -> nn.Dense:
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        kernel_init=kernel_init_for(parametrization, init_distribution),
-        bias_init=torch_bias_init(fan_in, init_distribution),
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
-
-
 def dense_layer(
     x: jax.Array,
     features: int,
@@ -142,7 +122,15 @@ def dense_layer(
     Params: ``name/kernel`` (fan_in, features), ``name/bias`` (features,) if use_bias.
     """
     fan_in = x.shape[-1]
-    out = _dense(features, parametrization, use_bias, init_distribution, dtype, name, fan_in)(x)
+    out = nn.Dense(
+        features,
+        use_bias=use_bias,
+        kernel_init=kernel_init_for(parametrization, init_distribution),
+        bias_init=torch_bias_init(fan_in, init_distribution),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )(x)
     if parametrization == "ntk":
         out = out * jnp.asarray(1.0 / math.sqrt(fan_in), out.dtype)
     return out
