@@ -26,8 +26,7 @@ ResNet-18 (CIFAR stem), SP vs μP, dense (writes results/toolkit/consistency_res
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import functools
 import math
 import os
 import sys
@@ -40,8 +39,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import toolkit_common as tc
+from experiments.consistency_report import (  # noqa: F401
+    MLP_COLUMNS,
+    _mlp_markdown,
+    _smooth,
+    _write_curves,
+    plot,
+    plot_resnet,
+)
+from experiments.consistency_resnet import (  # noqa: F401
+    load_resnet_data,
+    main_resnet,
+    study_resnet,
+    train_resnet_run,
+)
+from experiments.csv_rows import write_csv
 from widesparse_jax.analysis import consistency as cons
-from widesparse_jax.analysis import noise_scale as ns
 
 SETTINGS = (("standard", False), ("mup", False), ("standard", True), ("mup", True))
 
@@ -117,6 +130,107 @@ def train_run(
     }
 
 
+def _train_family(
+    param: str, sparse: bool, widths: Sequence[int], base_width: int, base_runs: dict, fit, log
+) -> tuple[dict, dict]:
+    """Train every width of one setting (the base-width run is shared across settings).
+    ``fit(net)`` trains one net. Returns ({width: run}, {width: net})."""
+    runs, nets = {}, {}
+    for w in widths:
+        t0 = time.time()
+        if w == base_width and 0 in base_runs:
+            runs[w], nets[w] = base_runs[0]["run"], base_runs[0]["net"]
+        else:
+            nets[w] = tc.make_mlp(
+                w,
+                base_width=base_width,
+                sparse=sparse,
+                param=param,
+                key=jax.random.key(0),
+                mask_seed=0,
+            )
+            runs[w] = fit(nets[w])
+            if w == base_width:
+                base_runs[0] = {"run": runs[w], "net": nets[w]}
+        log(
+            f"{param:8s} {'sparse' if sparse else 'dense '} width {w}: test acc "
+            f"{runs[w]['test_acc'][-1]:.4f}, final loss {runs[w]['losses'][-50:].mean():.4f} "
+            f"({time.time() - t0:.0f}s)"
+        )
+    return runs, nets
+
+
+def _width_row(
+    param: str,
+    sparse: bool,
+    w: int,
+    run: dict,
+    net: tc.Net,
+    gap: dict,
+    dis: list,
+    ref_feat,
+    *,
+    probe,
+    sharp_batch,
+    lr: float,
+    momentum: float,
+    epochs: int,
+) -> dict:
+    """The summary row of one (setting, width) against the widest net."""
+    pre, feat = _hidden(net, run["params"], probe)
+    st = cons.preactivation_stats(np.asarray(pre))[""]
+    sharp = preconditioned_sharpness(net, run["params"], *sharp_batch, jax.random.key(1))
+    eos = cons.edge_of_stability(sharp, lr, momentum)
+    return dict(
+        param=param,
+        sparse=sparse,
+        width=w,
+        test_acc=run["test_acc"][-1],
+        final_train_loss=float(run["losses"][-50:].mean()),
+        mean_abs_loss_gap=gap["mean_abs_gap"],
+        loss_gap_epoch1=float(np.mean(np.abs(gap["gap"][: len(gap["gap"]) // epochs]))),
+        prob_msd_epoch1=dis[0]["prob_msd"],
+        argmax_dis_epoch1=dis[0]["argmax_disagreement"],
+        prob_msd=dis[-1]["prob_msd"],
+        argmax_dis=dis[-1]["argmax_disagreement"],
+        cka_vs_widest=cons.linear_cka(np.asarray(feat), np.asarray(ref_feat)),
+        preact_std=st["std"],
+        preact_kurtosis=st["kurtosis"],
+        sharpness=sharp,
+        eos_ratio=eos["ratio"],
+    )
+
+
+def _disagreement(runs: dict, widths: Sequence[int], ref: int, epochs: int) -> dict:
+    """{width: [prediction_disagreement vs the widest net, per epoch]} on the test set."""
+    return {
+        w: [
+            cons.prediction_disagreement(runs[w]["test_logits"][e], runs[ref]["test_logits"][e])
+            for e in range(epochs)
+        ]
+        for w in widths
+    }
+
+
+def _ensemble_members(base_runs: dict, runs: dict, base_width: int, ensemble_k: int, fit) -> list:
+    """Final test logits of k base-width nets (init seeds 100 + s, same stream). At the base
+    width every setting is the same net, so the members are shared across settings."""
+    members = base_runs.setdefault("members", [])
+    if not members and base_width in runs:
+        members.append(runs[base_width]["test_logits"][-1])
+    for s in range(len(members), ensemble_k):
+        net = tc.make_mlp(
+            base_width,
+            base_width=base_width,
+            sparse=False,
+            param="standard",
+            key=jax.random.key(100 + s),
+            mask_seed=0,
+        )
+        members.append(fit(net)["test_logits"][-1])
+    return members
+
+
 def study(
     widths: Sequence[int],
     *,
@@ -137,95 +251,30 @@ def study(
     if data is None:
         data = load_data()
     probe = jnp.asarray(data["x_test"][:n_probe])
-    sharp_x, sharp_y = data["x"][:1024], data["y"][:1024]
+    sharp_batch = (data["x"][:1024], data["y"][:1024])
+
+    def fit(net):
+        return train_run(net, data, lr=lr, momentum=momentum, batch_size=batch_size, epochs=epochs)
+
+    row = functools.partial(
+        _width_row, probe=probe, sharp_batch=sharp_batch, lr=lr, momentum=momentum, epochs=epochs
+    )
+
     rows, curves, disagree, ensembles = [], {}, {}, {}
     base_runs: dict[Any, Any] = {}
+    ref = max(widths)
     for param, sparse in settings:
         key = (param, sparse)
-        runs, nets = {}, {}
-        for w in widths:
-            t0 = time.time()
-            if w == base_width and 0 in base_runs:
-                runs[w], nets[w] = base_runs[0]["run"], base_runs[0]["net"]
-            else:
-                nets[w] = tc.make_mlp(
-                    w,
-                    base_width=base_width,
-                    sparse=sparse,
-                    param=param,
-                    key=jax.random.key(0),
-                    mask_seed=0,
-                )
-                runs[w] = train_run(
-                    nets[w], data, lr=lr, momentum=momentum, batch_size=batch_size, epochs=epochs
-                )
-                if w == base_width:
-                    base_runs[0] = {"run": runs[w], "net": nets[w]}
-            log(
-                f"{param:8s} {'sparse' if sparse else 'dense '} width {w}: test acc "
-                f"{runs[w]['test_acc'][-1]:.4f}, final loss {runs[w]['losses'][-50:].mean():.4f} "
-                f"({time.time() - t0:.0f}s)"
-            )
-        ref = max(widths)
+        runs, nets = _train_family(param, sparse, widths, base_width, base_runs, fit, log)
         curves[key] = {w: r["losses"] for w, r in runs.items()}
         gaps = cons.loss_curve_gaps(curves[key], reference=ref)
-        disagree[key] = {
-            w: [
-                cons.prediction_disagreement(runs[w]["test_logits"][e], runs[ref]["test_logits"][e])
-                for e in range(epochs)
-            ]
-            for w in widths
-        }
+        disagree[key] = _disagreement(runs, widths, ref, epochs)
         _, ref_feat = _hidden(nets[ref], runs[ref]["params"], probe)
-        for w in widths:
-            pre, feat = _hidden(nets[w], runs[w]["params"], probe)
-            st = cons.preactivation_stats(np.asarray(pre))[""]
-            sharp = preconditioned_sharpness(
-                nets[w], runs[w]["params"], sharp_x, sharp_y, jax.random.key(1)
-            )
-            eos = cons.edge_of_stability(sharp, lr, momentum)
-            dg = disagree[key][w][-1]
-            rows.append(
-                dict(
-                    param=param,
-                    sparse=sparse,
-                    width=w,
-                    test_acc=runs[w]["test_acc"][-1],
-                    final_train_loss=float(runs[w]["losses"][-50:].mean()),
-                    mean_abs_loss_gap=gaps[w]["mean_abs_gap"],
-                    loss_gap_epoch1=float(
-                        np.mean(np.abs(gaps[w]["gap"][: len(gaps[w]["gap"]) // epochs]))
-                    ),
-                    prob_msd_epoch1=disagree[key][w][0]["prob_msd"],
-                    argmax_dis_epoch1=disagree[key][w][0]["argmax_disagreement"],
-                    prob_msd=dg["prob_msd"],
-                    argmax_dis=dg["argmax_disagreement"],
-                    cka_vs_widest=cons.linear_cka(np.asarray(feat), np.asarray(ref_feat)),
-                    preact_std=st["std"],
-                    preact_kurtosis=st["kurtosis"],
-                    sharpness=sharp,
-                    eos_ratio=eos["ratio"],
-                )
-            )
-        # Ensemble of k base-width nets (different init seeds, same stream) vs the widest.
-        # (At the base width every setting is the same net, so the members are shared.)
-        members = base_runs.setdefault("members", [])
-        if not members and base_width in runs:
-            members.append(runs[base_width]["test_logits"][-1])
-        for s in range(len(members), ensemble_k):
-            net = tc.make_mlp(
-                base_width,
-                base_width=base_width,
-                sparse=False,
-                param="standard",
-                key=jax.random.key(100 + s),
-                mask_seed=0,
-            )
-            members.append(
-                train_run(
-                    net, data, lr=lr, momentum=momentum, batch_size=batch_size, epochs=epochs
-                )["test_logits"][-1]
-            )
+        rows += [
+            row(param, sparse, w, runs[w], nets[w], gaps[w], disagree[key][w], ref_feat)
+            for w in widths
+        ]
+        members = _ensemble_members(base_runs, runs, base_width, ensemble_k, fit)
         ensembles[key] = cons.ensemble_vs_single(
             members, runs[ref]["test_logits"][-1], data["y_test"]
         )
@@ -243,275 +292,7 @@ def load_data(n_train: int = 20000) -> dict:
     return {"x": x, "y": y, "x_test": xt, "y_test": yt}
 
 
-def _smooth(a: np.ndarray, k: int = 25) -> np.ndarray:
-    if len(a) < k:
-        return a
-    return np.convolve(a, np.ones(k) / k, mode="valid")
-
-
-def plot(res: dict, out_dir: str, widths: Sequence[int]) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    keys = list(res["curves"])
-    fig = Figure(figsize=(4 * len(keys), 7))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, len(keys), squeeze=False)
-    for j, key in enumerate(keys):
-        name = f"{'μP' if key[0] == 'mup' else 'SP'}, {'sparse' if key[1] else 'dense'}"
-        for w in widths:
-            c = res["curves"][key][w]
-            axes[0][j].plot(_smooth(c), label=f"w={w}", lw=1)
-            ref = res["curves"][key][max(widths)]
-            axes[1][j].plot(_smooth(np.abs(c - ref)), label=f"w={w}", lw=1)
-        axes[0][j].set_title(name)
-        axes[0][j].set_yscale("log")
-        axes[1][j].set_yscale("log")
-        axes[1][j].set_xlabel("step")
-    axes[0][0].set_ylabel("train loss (smoothed)")
-    axes[1][0].set_ylabel("|loss - loss(widest)| (smoothed)")
-    axes[0][-1].legend(fontsize="x-small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "consistency_loss_curves.png"), dpi=110)
-
-    rows = res["rows"]
-    fig = Figure(figsize=(14, 3.5))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 4)
-    for key in keys:
-        rr = [r for r in rows if (r["param"], r["sparse"]) == key and r["width"] != max(widths)]
-        name = f"{'μP' if key[0] == 'mup' else 'SP'} {'sparse' if key[1] else 'dense'}"
-        ls = "--" if key[1] else "-"
-        for ax, col in zip(axes, ("prob_msd", "argmax_dis", "cka_vs_widest", "eos_ratio")):
-            ax.plot([r["width"] for r in rr], [r[col] for r in rr], ls, marker="o", label=name)
-    for ax, t in zip(
-        axes,
-        (
-            "prob. MSD vs widest",
-            "argmax disagreement vs widest",
-            "linear CKA vs widest (hidden)",
-            "sharpness / (2(1+m)/lr)",
-        ),
-    ):
-        ax.set_xscale("log", base=2)
-        ax.set_title(t, fontsize="small")
-        ax.set_xlabel("width")
-        ax.grid(True, alpha=0.3)
-    axes[0].set_yscale("log")
-    axes[0].legend(fontsize="x-small")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "consistency_metrics.png"), dpi=110)
-
-
-# --------------------------------------------------------------------------------------
-# ResNet-18 (CIFAR stem) consistency run
-# --------------------------------------------------------------------------------------
-
-
-def train_resnet_run(
-    net: tc.ResNetNet,
-    data: dict,
-    *,
-    lr: float,
-    momentum: float,
-    batch_size: int,
-    epochs: int,
-    seed: int = 0,
-) -> dict:
-    """Train a ResNet (BN in train mode, heavy-ball SGD with the net's lr multipliers, no wd);
-    data['x'] / data['x_test'] are images [N, 28, 28, 1]. The example order depends on
-    ``seed`` and the epoch only. Returns {'losses' [T], 'params', 'batch_stats',
-    'test_logits' [N_test, 10], 'features' [N_test, 8w] (penultimate, eval mode), 'test_acc'}."""
-    p, bs = net.params, net.batch_stats
-    tx = tc.make_tx(net, momentum)
-    state = tx.init(p)
-    losses = []
-    for e in range(epochs):
-        xb, yb = tc.epoch_batches(data["x"], data["y"], batch_size, seed, e)
-        p, bs, state, l = tc.resnet_train_epoch(
-            net.model, tx, p, bs, state, jnp.float32(lr), jnp.asarray(xb), jnp.asarray(yb)
-        )
-        losses.append(np.asarray(l))
-    # Test outputs with BN on batch statistics (chunks of 1000 test images, the same chunks for
-    # every width): after one short epoch the running statistics lag the fast-moving weights
-    # (eval-mode accuracy is reported too, as 'test_acc_running_bn').
-    z, feat = tc.resnet_logits_features(net.model, p, bs, data["x_test"], batch_bn=True)
-    z_run, _ = tc.resnet_logits_features(net.model, p, bs, data["x_test"])
-    return {
-        "losses": np.concatenate(losses),
-        "params": p,
-        "batch_stats": bs,
-        "test_logits": z,
-        "features": feat,
-        "test_acc": float(np.mean(np.argmax(z, -1) == data["y_test"])),
-        "test_acc_running_bn": float(np.mean(np.argmax(z_run, -1) == data["y_test"])),
-    }
-
-
-def study_resnet(
-    widths: Sequence[int],
-    *,
-    base_width: int,
-    params=("standard", "mup"),
-    lr: float = 0.05,
-    momentum: float = 0.9,
-    batch_size: int = 128,
-    epochs: int = 1,
-    data: Optional[dict] = None,
-    seed: int = 0,
-    log: Any = print,
-) -> dict:
-    """ResNet-18 family per parametrization, same init seed and data stream for every width;
-    metrics vs the widest net of the same parametrization. Returns {'rows', 'curves':
-    {param: {width: losses}}}."""
-    if data is None:
-        data = load_resnet_data()
-    rows, curves = [], {}
-    base_run = None
-    ref = max(widths)
-    for param in params:
-        runs = {}
-        for w in widths:
-            t0 = time.time()
-            if w == base_width and base_run is not None:  # μP == SP at the base width
-                runs[w] = base_run
-            else:
-                net = tc.make_resnet(
-                    w, base_width=base_width, param=param, key=jax.random.key(seed)
-                )
-                runs[w] = train_resnet_run(
-                    net,
-                    data,
-                    lr=lr,
-                    momentum=momentum,
-                    batch_size=batch_size,
-                    epochs=epochs,
-                    seed=seed,
-                )
-                if w == base_width:
-                    base_run = runs[w]
-            log(
-                f"resnet {param:8s} width {w:3d}: test acc {runs[w]['test_acc']:.4f}, last-20 "
-                f"train loss {runs[w]['losses'][-20:].mean():.4f} ({time.time() - t0:.0f}s)"
-            )
-        curves[param] = {w: r["losses"] for w, r in runs.items()}
-        gaps = cons.loss_curve_gaps(curves[param], reference=ref)
-        for w in widths:
-            dg = cons.prediction_disagreement(runs[w]["test_logits"], runs[ref]["test_logits"])
-            g = np.abs(np.asarray(gaps[w]["gap"]))
-            rows.append(
-                dict(
-                    param=param,
-                    width=w,
-                    test_acc=runs[w]["test_acc"],
-                    test_acc_running_bn=runs[w]["test_acc_running_bn"],
-                    final_train_loss=float(runs[w]["losses"][-20:].mean()),
-                    mean_abs_loss_gap=gaps[w]["mean_abs_gap"],
-                    loss_gap_last20=float(g[-20:].mean()),
-                    prob_msd=dg["prob_msd"],
-                    argmax_dis=dg["argmax_disagreement"],
-                    cka_penultimate=cons.linear_cka(runs[w]["features"], runs[ref]["features"]),
-                )
-            )
-    return {"rows": rows, "curves": curves}
-
-
-def load_resnet_data(n_train: int = 5000, n_test: int = 2000) -> dict:
-    """First ``n_train`` training / ``n_test`` test images of Fashion-MNIST, [N, 28, 28, 1]."""
-    x, y = tc.load_fashion_mnist("train", n_train)
-    xt, yt = tc.load_fashion_mnist("test", n_test)
-    return {"x": tc.to_images(x), "y": y, "x_test": tc.to_images(xt), "y_test": yt}
-
-
-def plot_resnet(res: dict, path: str, widths: Sequence[int]) -> None:
-    """Loss curves and |gap to widest| per parametrization + metrics vs width."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    params = list(res["curves"])
-    fig = Figure(figsize=(4 * (len(params) + 1), 7))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, len(params) + 1, squeeze=False)
-    ref = max(widths)
-    for j, p in enumerate(params):
-        for w in widths:
-            c = res["curves"][p][w]
-            axes[0][j].plot(_smooth(c, 5), label=f"w={w}", lw=1)
-            if w != ref:
-                axes[1][j].plot(_smooth(np.abs(c - res["curves"][p][ref]), 5), label=f"w={w}", lw=1)
-        axes[0][j].set_title(f"ResNet-18, {'μP' if p == 'mup' else 'SP'}")
-        axes[0][j].set_yscale("log")
-        axes[1][j].set_yscale("log")
-        axes[1][j].set_xlabel("step")
-    axes[0][0].set_ylabel("train loss (smoothed, 5)")
-    axes[1][0].set_ylabel(f"|loss - loss(w={ref})| (smoothed)")
-    axes[0][0].legend(fontsize="x-small")
-    rows = res["rows"]
-    for p in params:
-        rr = [r for r in rows if r["param"] == p and r["width"] != ref]
-        lab = "μP" if p == "mup" else "SP"
-        axes[0][-1].plot(
-            [r["width"] for r in rr], [r["prob_msd"] for r in rr], "-o", label=f"{lab} prob MSD"
-        )
-        axes[0][-1].plot(
-            [r["width"] for r in rr],
-            [r["argmax_dis"] for r in rr],
-            "--s",
-            label=f"{lab} argmax dis.",
-        )
-        axes[1][-1].plot(
-            [r["width"] for r in rr], [r["cka_penultimate"] for r in rr], "-o", label=lab
-        )
-    axes[0][-1].set_title(f"disagreement vs w={ref} (test)", fontsize="small")
-    axes[1][-1].set_title(f"linear CKA of penultimate features vs w={ref}", fontsize="small")
-    for ax in (axes[0][-1], axes[1][-1]):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("width")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="x-small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def main_resnet(a) -> int:
-    os.makedirs(a.out, exist_ok=True)
-    widths = [int(w) for w in a.widths.split(",")]
-    t0 = time.time()
-    res = study_resnet(
-        widths,
-        base_width=a.base_width,
-        lr=a.lr,
-        batch_size=a.batch_size,
-        epochs=a.epochs,
-        data=load_resnet_data(a.n_train, a.n_test),
-    )
-    rows = res["rows"]
-    with open(os.path.join(a.out, "consistency_resnet.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    plot_resnet(res, os.path.join(a.out, "consistency_resnet.png"), widths)
-    text = "\n".join(
-        [
-            "### Consistency across widths (ResNet-18, CIFAR stem, Fashion-MNIST)",
-            "",
-            ns.markdown_table(rows, float_fmt=".4g"),
-            f"Setting: first {a.n_train} training images, {a.epochs} epoch(s), batch {a.batch_size}, "
-            f"lr {a.lr} (base), momentum 0.9, no weight decay; BN on batch statistics in training "
-            f"and at test (chunks of 1000 test images; `test_acc_running_bn` uses the running "
-            f"statistics); init seed 0 and the same example order for every width; "
-            f"μP base width {a.base_width}; metrics vs the widest ({max(widths)}) on the first "
-            f"{a.n_test} test images; wall {time.time() - t0:.0f}s.",
-            "",
-        ]
-    )
-    with open(os.path.join(a.out, "consistency_resnet.md"), "w") as f:
-        f.write(text)
-    print(text)
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/toolkit")
     ap.add_argument("--widths", default="64,128,256,512,1024,2048")
@@ -529,7 +310,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--batch-size, --epochs, --n-train, --n-test)",
     )
     ap.add_argument("--n-test", type=int, default=2000, help="ResNet only")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    a = _parser().parse_args(argv)
     if a.model == "resnet":
         return main_resnet(a)
     os.makedirs(a.out, exist_ok=True)
@@ -544,65 +329,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         ensemble_k=a.ensemble_k,
         data=load_data(a.n_train),
     )
-    rows = res["rows"]
-    with open(os.path.join(a.out, "consistency_mlp.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    with open(os.path.join(a.out, "consistency_loss_curves.json"), "w") as f:
-        json.dump(
-            {
-                f"{k[0]}_{'sparse' if k[1] else 'dense'}": {
-                    str(w): [round(float(v), 5) for v in c] for w, c in d.items()
-                }
-                for k, d in res["curves"].items()
-            },
-            f,
-        )
+    write_csv(res["rows"], os.path.join(a.out, "consistency_mlp.csv"))
+    _write_curves(res["curves"], os.path.join(a.out, "consistency_loss_curves.json"))
     plot(res, a.out, widths)
-    ens_rows = [
-        dict(
-            param=k[0],
-            sparse=k[1],
-            **{f"ens_k{kk}": v for kk, v in e["ensemble_acc"].items()},
-            member_mean=e["member_mean_acc"],
-            widest=e["single_acc"],
-            gap=e["gap"],
-        )
-        for k, e in res["ensemble"].items()
-    ]
-    cols = [
-        "param",
-        "sparse",
-        "width",
-        "test_acc",
-        "mean_abs_loss_gap",
-        "loss_gap_epoch1",
-        "prob_msd_epoch1",
-        "argmax_dis_epoch1",
-        "prob_msd",
-        "argmax_dis",
-        "cka_vs_widest",
-        "preact_std",
-        "preact_kurtosis",
-        "sharpness",
-        "eos_ratio",
-    ]
-    text = "\n".join(
-        [
-            "### Consistency across widths (MLP, Fashion-MNIST)",
-            "",
-            ns.markdown_table(rows, cols, float_fmt=".4g"),
-            f"Ensemble of {a.ensemble_k} width-{a.base_width} nets vs the widest ({max(widths)}):",
-            "",
-            ns.markdown_table(ens_rows, float_fmt=".4g"),
-            f"Setting: first {a.n_train} training examples, {a.epochs} epochs, batch "
-            f"{a.batch_size}, lr {a.lr} (base), momentum 0.9, no weight decay, seed 0; μP base "
-            f"width {a.base_width}; sparse = weight count of the dense width-{a.base_width} net; "
-            f"wall {time.time() - t0:.0f}s.",
-            "",
-        ]
-    )
+    text = _mlp_markdown(a, res, widths, time.time() - t0)
     with open(os.path.join(a.out, "consistency_mlp.md"), "w") as f:
         f.write(text)
     print(text)

@@ -21,15 +21,23 @@ import csv
 import math
 import os
 import sys
-import time
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from experiments import toolkit_common as tc
+from experiments.coord_check_resnet import (  # noqa: F401  (re-exported)
+    RESNET_LAYERS,
+    coord_check_resnet,
+    main_resnet,
+    plot_resnet,
+    resnet_slope_lines,
+)
+from experiments.coord_stats import log_slopes, mean_curves, records, rms, training_data
+from experiments.csv_rows import write_csv
 
 QUANTITIES = ("h", "logits", "delta_h", "delta_logits")
 PARAMS = ("standard", "ntk", "mup", "mup_nominal")
@@ -47,10 +55,6 @@ def _probe(net: tc.Net, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     if net.parametrization == "ntk":
         h = h / math.sqrt(tc.INPUT_DIM)
     return h, logits
-
-
-def _rms(a: Any) -> float:
-    return float(jnp.sqrt(jnp.mean(jnp.square(a))))
 
 
 def coord_check(
@@ -79,14 +83,7 @@ def coord_check(
       base_width: μP base width and, when ``sparse``, the width whose dense count is kept.
       data: (x [N, 784], y [N]); default: Fashion-MNIST train.
     """
-    if data is None:
-        data = tc.load_fashion_mnist("train", batch_size * (steps + 1))
-    x, y = data
-    need = batch_size * (steps + 1)
-    if len(y) < need:
-        raise ValueError(
-            f"need {need} examples for {steps} steps of batch {batch_size}, got {len(y)}"
-        )
+    x, y, need = training_data(data, steps, batch_size)
     probe = jnp.asarray(x[steps * batch_size : need])
     ntk_lr = lr * base_width if ntk_lr is None else ntk_lr
     out = []
@@ -106,61 +103,42 @@ def coord_check(
                     mask_seed=seed,
                     fan_in_mode=mode,
                 )
-                tx = tc.make_tx(net, momentum)
-                state = tx.init(net.params)
-                h0, f0 = _probe(net, probe)
+                run = dict(param=param, sparse=sparse, width=width, seed=seed)
                 step_lr = ntk_lr if param == "ntk" else lr
-                for t in range(steps + 1):
-                    if t > 0:
-                        xb = jnp.asarray(x[(t - 1) * batch_size : t * batch_size])
-                        yb = jnp.asarray(y[(t - 1) * batch_size : t * batch_size])
-                        net.params, state, _ = _step(
-                            net.model, tx, net.params, state, net.masks, step_lr, xb, yb
-                        )
-                    h, f = _probe(net, probe)
-                    vals = {
-                        "h": _rms(h),
-                        "logits": _rms(f),
-                        "delta_h": _rms(h - h0),
-                        "delta_logits": _rms(f - f0),
-                    }
-                    for q, v in vals.items():
-                        out.append(
-                            dict(
-                                param=param,
-                                sparse=sparse,
-                                width=width,
-                                seed=seed,
-                                step=t,
-                                quantity=q,
-                                rms=v,
-                            )
-                        )
+                for t, vals in enumerate(
+                    _trajectory(net, momentum, step_lr, x, y, probe, steps, batch_size)
+                ):
+                    out += records(run, t, vals)
+    return out
+
+
+def _trajectory(
+    net: tc.Net, momentum: float, lr: float, x, y, probe, steps: int, batch_size: int
+) -> list:
+    """[(quantity, rms) pairs at step t for t = 0..steps]: ``steps`` SGD steps on the
+    batches of x, y (batch t - 1 at step t), probed on ``probe`` after each."""
+    tx = tc.make_tx(net, momentum)
+    state = tx.init(net.params)
+    h0, f0 = _probe(net, probe)
+    out = []
+    for t in range(steps + 1):
+        if t > 0:
+            xb = jnp.asarray(x[(t - 1) * batch_size : t * batch_size])
+            yb = jnp.asarray(y[(t - 1) * batch_size : t * batch_size])
+            net.params, state, _ = _step(net.model, tx, net.params, state, net.masks, lr, xb, yb)
+        h, f = _probe(net, probe)
+        out.append(
+            [
+                ("h", rms(h)),
+                ("logits", rms(f)),
+                ("delta_h", rms(h - h0)),
+                ("delta_logits", rms(f - f0)),
+            ]
+        )
     return out
 
 
 _step = jax.jit(tc.sgd_step, static_argnums=(0, 1))
-
-
-def mean_curves(records: Sequence[dict]) -> dict[tuple, dict[int, float]]:
-    """{(param, quantity, step): {width: rms averaged over seeds}}."""
-    acc: dict[tuple, dict[int, list[float]]] = {}
-    for r in records:
-        acc.setdefault((r["param"], r["quantity"], r["step"]), {}).setdefault(
-            r["width"], []
-        ).append(r["rms"])
-    return {k: {w: float(np.mean(v)) for w, v in sorted(d.items())} for k, d in acc.items()}
-
-
-def log_slopes(records: Sequence[dict], quantity: str, step: int) -> dict[str, float]:
-    """{param: slope of log(rms) vs log(width)} (least squares) at ``step``."""
-    out = {}
-    for (param, q, t), d in mean_curves(records).items():
-        if q == quantity and t == step:
-            w = np.log(np.array(list(d.keys()), float))
-            v = np.log(np.maximum(np.array(list(d.values()), float), 1e-30))
-            out[param] = float(np.polyfit(w, v, 1)[0])
-    return out
 
 
 def plot(records: Sequence[dict], path: str, title: str = "") -> None:
@@ -216,251 +194,7 @@ def read_csv(path: str) -> list[dict]:
         ]
 
 
-def write_csv(records: Sequence[dict], path: str) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(records[0]))
-        w.writeheader()
-        w.writerows(records)
-
-
-# --------------------------------------------------------------------------------------
-# ResNet-18 (CIFAR stem) coordinate check
-# --------------------------------------------------------------------------------------
-
-RESNET_LAYERS = ("stem_conv", "stem", "layer1", "layer2", "layer3", "layer4", "logits")
-
-
-def _resnet_probe_fn(model):
-    """Jitted probe of ``model``: {layer: activation} on a batch, BN in train mode (the probe
-    batch's own statistics; running statistics are not touched). Layers: ``stem_conv`` = stem
-    conv output before BN, ``stem`` = relu(bn1(conv1 x)), ``layer{s}`` = output of stage s
-    (block ``layer{s}_1``), ``logits``."""
-    top = {"conv1", "bn1", "layer1_1", "layer2_1", "layer3_1", "layer4_1"}
-
-    @jax.jit
-    def probe(params, batch_stats, x):
-        (logits, state) = model.apply(
-            {"params": params, "batch_stats": batch_stats},
-            x,
-            train=True,
-            mutable=["batch_stats"],
-            capture_intermediates=lambda mdl, _: len(mdl.path) == 1 and mdl.path[0] in top,
-        )
-        it = state["intermediates"]
-        get = lambda n: it[n]["__call__"][0]  # noqa: E731
-        return {
-            "stem_conv": get("conv1"),
-            "stem": jax.nn.relu(get("bn1")),
-            **{f"layer{s}": get(f"layer{s}_1") for s in range(1, 5)},
-            "logits": logits,
-            "penultimate": jnp.mean(get("layer4_1"), axis=(1, 2)),
-        }
-
-    return probe
-
-
-def coord_check_resnet(
-    widths: Sequence[int],
-    *,
-    params: Sequence[str] = ("standard", "mup"),
-    steps: int = 3,
-    lr: float = 0.05,
-    batch_size: int = 64,
-    seeds: Sequence[int] = (0, 1),
-    base_width: int = 4,
-    data: Optional[tuple[np.ndarray, np.ndarray]] = None,
-    log: Any = None,
-) -> list[dict]:
-    """ResNet-18 coordinate check. Records {param, sparse=False, width, seed, step, quantity,
-    rms} with quantity ``<layer>`` (RMS of the activation) or ``delta_<layer>`` (RMS of its
-    change since init) for every layer of :data:`RESNET_LAYERS`, on a fixed probe batch, plus
-    the split of the logit change Δf = ``delta_logits_dW`` ((W_t - W_0) h_t + Δb, the
-    output layer's own update) + ``delta_logits_W0dh`` (W_0 (h_t - h_0), the feature change
-    seen through the initial readout), h = penultimate (pooled) features.
-
-    Plain SGD (no momentum, no weight decay) at base lr ``lr`` with the parametrization's
-    per-leaf multipliers; step t uses training batch t (same for every width, param and
-    seed); BN uses batch statistics in the steps and in the probe. One jitted step and
-    probe per width (hyper-parameters and multipliers are traced).
-
-    Args:
-      widths: ResNet widths (stage channels w..8w). params: among 'standard', 'mup'.
-      base_width: μP base width (μP == SP there). data: (x [N, 784], y [N]) or Fashion-MNIST.
-    """
-    if data is None:
-        data = tc.load_fashion_mnist("train", batch_size * (steps + 1))
-    x, y = data
-    need = batch_size * (steps + 1)
-    if len(y) < need:
-        raise ValueError(
-            f"need {need} examples for {steps} steps of batch {batch_size}, got {len(y)}"
-        )
-    x = tc.to_images(x)
-    probe_x = jnp.asarray(x[steps * batch_size : need])
-    for p in params:
-        if p not in tc.RESNET_PARAMS:
-            raise ValueError(f"param {p!r} unknown for the ResNet; allowed: {tc.RESNET_PARAMS}")
-    out = []
-    for width in widths:
-        probe_fn = None
-        for param in params:
-            for seed in seeds:
-                t0 = time.time()
-                net = tc.make_resnet(
-                    width, base_width=base_width, param=param, key=jax.random.key(seed)
-                )
-                probe_fn = probe_fn or _resnet_probe_fn(net.model)
-                p, bs = net.params, net.batch_stats
-                tx = tc.make_tx(net, 0.0)
-                state = tx.init(p)
-                a0 = probe_fn(p, bs, probe_x)
-                for t in range(steps + 1):
-                    if t > 0:
-                        sl = slice((t - 1) * batch_size, t * batch_size)
-                        p, bs, state, _ = tc.resnet_step(
-                            net.model,
-                            tx,
-                            p,
-                            bs,
-                            state,
-                            jnp.float32(lr),
-                            jnp.asarray(x[sl]),
-                            jnp.asarray(y[sl]),
-                        )
-                    a = probe_fn(p, bs, probe_x) if t > 0 else a0
-                    # Δf = (W_t - W_0) h_t + (b_t - b_0)  [output-layer update, 'dW' term]
-                    #    +  W_0 (h_t - h_0)                 [feature change, 'W0dh' term]
-                    lin, lin0 = p["linear"], net.params["linear"]
-                    d_w = a["penultimate"] @ (lin["kernel"] - lin0["kernel"]) + (
-                        lin["bias"] - lin0["bias"]
-                    )
-                    d_h = (a["penultimate"] - a0["penultimate"]) @ lin0["kernel"]
-                    vals = [(q, _rms(a[layer])) for layer in RESNET_LAYERS for q in (layer,)]
-                    vals += [
-                        (f"delta_{layer}", _rms(a[layer] - a0[layer])) for layer in RESNET_LAYERS
-                    ]
-                    vals += [("delta_logits_dW", _rms(d_w)), ("delta_logits_W0dh", _rms(d_h))]
-                    for q, v in vals:
-                        out.append(
-                            dict(
-                                param=param,
-                                sparse=False,
-                                width=width,
-                                seed=seed,
-                                step=t,
-                                quantity=q,
-                                rms=v,
-                            )
-                        )
-                if log:
-                    log(f"resnet {param:8s} width {width:3d} seed {seed}: {time.time() - t0:.1f}s")
-    return out
-
-
-def plot_resnet(records: Sequence[dict], path: str, title: str = "") -> None:
-    """Rows: RMS of the activations, RMS of their changes; columns: parametrizations; one
-    line per layer (solid: last step; dashed: step 1 for the changes)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    curves = mean_curves(records)
-    params = list(dict.fromkeys(r["param"] for r in records))
-    last = max(r["step"] for r in records)
-    fig = Figure(figsize=(4.2 * len(params), 7.2))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, len(params), squeeze=False)
-    for j, p in enumerate(params):
-        for i, prefix in enumerate(("", "delta_")):
-            ax = axes[i][j]
-            for k, layer in enumerate(RESNET_LAYERS):
-                d = curves.get((p, prefix + layer, last))
-                if d:
-                    ax.plot(list(d), list(d.values()), marker="o", ms=3, color=f"C{k}", label=layer)
-                if prefix and last > 1:
-                    d1 = curves.get((p, prefix + layer, 1))
-                    if d1:
-                        ax.plot(list(d1), list(d1.values()), ls="--", lw=0.8, color=f"C{k}")
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.grid(True, which="both", alpha=0.3)
-            if i == 0:
-                ax.set_title({"standard": "SP", "mup": "μP"}.get(p, p))
-            if j == 0:
-                ax.set_ylabel(
-                    f"RMS activation (t={last})"
-                    if not prefix
-                    else f"RMS change since init (t={last}; dashed t=1)"
-                )
-            if i == 1:
-                ax.set_xlabel("width")
-    axes[0][-1].legend(fontsize="x-small")
-    if title:
-        fig.suptitle(title, fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def resnet_slope_lines(records: Sequence[dict], steps: int) -> list[str]:
-    lines = []
-    for layer in RESNET_LAYERS:
-        for q in (layer, f"delta_{layer}"):
-            for t in sorted({0, steps} if q == layer else {1, steps}):
-                s = log_slopes(records, q, t)
-                lines.append(
-                    f"resnet {q:17s} step {t}: " + "  ".join(f"{p}={v:+.3f}" for p, v in s.items())
-                )
-    for q in ("delta_logits_dW", "delta_logits_W0dh"):
-        for t in sorted({1, steps}):
-            s = log_slopes(records, q, t)
-            lines.append(
-                f"resnet {q:17s} step {t}: " + "  ".join(f"{p}={v:+.3f}" for p, v in s.items())
-            )
-    return lines
-
-
-def main_resnet(a) -> int:
-    os.makedirs(a.out, exist_ok=True)
-    widths = [int(w) for w in a.widths.split(",")]
-    t0 = time.time()
-    logf = open(os.path.join(a.out, "coord_check_resnet.log"), "w")
-
-    def log(msg):
-        print(msg, flush=True)
-        logf.write(msg + "\n")
-        logf.flush()
-
-    rec = coord_check_resnet(
-        widths,
-        steps=a.steps,
-        lr=a.lr,
-        batch_size=a.batch_size,
-        seeds=tuple(range(a.seeds)),
-        base_width=a.base_width,
-        log=log,
-    )
-    write_csv(rec, os.path.join(a.out, "coord_check_resnet.csv"))
-    plot_resnet(
-        rec,
-        os.path.join(a.out, "coord_check_resnet.png"),
-        title=f"ResNet-18 (CIFAR stem) on Fashion-MNIST: plain SGD lr={a.lr}, batch "
-        f"{a.batch_size}, {a.steps} steps, {a.seeds} seeds, μP base width "
-        f"{a.base_width}; BN in train mode",
-    )
-    text = (
-        "log-log slope of RMS vs width (ResNet-18, widths "
-        + a.widths
-        + ")\n"
-        + "\n".join(resnet_slope_lines(rec, a.steps))
-    )
-    log(text)
-    log(f"wall {time.time() - t0:.0f}s")
-    with open(os.path.join(a.out, "coord_check_resnet_slopes.txt"), "w") as f:
-        f.write(text + "\n")
-    logf.close()
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="results/toolkit")
     ap.add_argument("--widths", default="64,128,256,512,1024,2048")
@@ -480,7 +214,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="mlp: the MLP runs (dense + sparse); resnet: ResNet-18 SP vs μP",
     )
     ap.add_argument("--batch-size", type=int, default=64, help="ResNet only (the MLP uses 64)")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    a = _parser().parse_args(argv)
     if a.model == "resnet":
         if a.base_width is None:
             a.base_width = 4

@@ -11,7 +11,6 @@ paper's approximation, Monte Carlo points (mean +- 1 SE over networks) and the o
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 
@@ -22,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.csv_rows import write_csv
 from widesparse_jax.analysis import gp_kernel as gk  # noqa: E402
 
 SETTINGS = [(100, 8), (100, 64), (784, 8), (784, 32)]  # (d, n0): N = n0 * d
@@ -134,10 +134,7 @@ def main():
         ("monte_carlo.csv", mc_rows),
         ("optima.csv", opt_rows),
     ):
-        with open(os.path.join(args.out, name), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(rows, os.path.join(args.out, name))
 
 
 if __name__ == "__main__":

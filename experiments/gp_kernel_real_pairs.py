@@ -12,7 +12,6 @@ and a bootstrap over pairs give the stability of argmin_p.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 
@@ -22,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from experiments.csv_rows import write_csv
 from widesparse_jax.analysis import gp_kernel as gk  # noqa: E402
 from widesparse_jax.data.sources import load_idx  # noqa: E402
 
@@ -142,10 +142,7 @@ def main():
         args.num_pairs, args.num_samples, args.num_masks, args.num_p = 20, 2, 64, 8
     res = run(args)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "real_pairs.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(res["rows"][0]))
-        w.writeheader()
-        w.writerows(res["rows"])
+    write_csv(res["rows"], os.path.join(args.out, "real_pairs.csv"))
     with open(os.path.join(args.out, "real_pairs_summary.json"), "w") as f:
         json.dump(res["summary"] | {"args": vars(args)}, f, indent=1)
     plot(res["rows"], res["summary"], os.path.join(args.out, "real_pairs_N6352.png"))

@@ -14,7 +14,6 @@ Run (writes results/toolkit/noise_scale_<param>.{csv,md}, *_acc_vs_g.png, *_gopt
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import os
 import sys
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import toolkit_common as tc
+from experiments.csv_rows import write_csv
 from widesparse_jax.analysis import noise_scale as ns
 
 DEFAULT_LRS = {
@@ -246,10 +246,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data=load_data(a.n_train),
     )
     tag = f"noise_scale_{a.param}"
-    with open(os.path.join(a.out, f"{tag}.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(records[0]))
-        w.writeheader()
-        w.writerows(records)
+    write_csv(records, os.path.join(a.out, f"{tag}.csv"))
     text = analyze(records, a.out, tag)
     text += (
         f"\nSetting: Fashion-MNIST, first {a.n_train} training examples, full test set, "

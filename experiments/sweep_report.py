@@ -10,11 +10,12 @@ Layout of a sweep directory (written by ``experiments/width_sweep.py``)::
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 from typing import Optional, Sequence
+
+from experiments.csv_rows import write_csv
 
 FAMILIES = ("dense", "sparse", "bottleneck-linear", "bottleneck-nonlinear")
 RUNS_DIR = "runs"
@@ -208,6 +209,58 @@ def family_curves(agg: Sequence[dict]) -> dict[str, list[dict]]:
     return by_family
 
 
+def _plot_family(ax, family: str, pts: Sequence[dict], key: str, lim) -> None:
+    """One family's curve of ``key`` vs width with seed-std bars; with ``lim=(lo, hi)``,
+    points below ``lo`` are drawn as a down-pointing marker on the bottom edge, labelled."""
+    color, marker, label = FAMILY_STYLE.get(family, ("black", "x", family))
+    pts = [p for p in pts if p[key] is not None]
+    if not pts:
+        return
+    xs = [p["width"] for p in pts]
+    ys = [p[key] for p in pts]
+    es = [p[key + "_std"] if p["n"] > 1 else 0.0 for p in pts]
+    shown = [y if lim is None else max(y, lim[0]) for y in ys]
+    es = [e if y == v else 0.0 for e, y, v in zip(es, ys, shown)]  # no bars on clipped points
+    ax.errorbar(
+        xs,
+        shown,
+        yerr=es,
+        color=color,
+        marker=marker,
+        capsize=3,
+        label=label,
+        linestyle="-" if family == "dense" else "--",
+        markersize=5,
+    )
+    for x, y in zip(xs, ys):
+        if lim is not None and y < lim[0]:
+            ax.plot([x], [lim[0]], marker="v", color=color, markersize=9, clip_on=False)
+            ax.annotate(
+                f"{y:.1f}",
+                (x, lim[0]),
+                textcoords="offset points",
+                xytext=(-4, 8),
+                ha="right",
+                fontsize=8,
+                color=color,
+            )
+
+
+def _width_axis(ax, widths: Sequence[int], ylabel: str) -> None:
+    """Log x axis ticked at the sweep's widths, labels, grid and legend."""
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(widths))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", labelsize=8, labelrotation=45 if len(widths) > 5 else 0)
+    ax.set_xlabel("width")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def plot_sweep(
     agg: Sequence[dict],
     path: str,
@@ -223,7 +276,6 @@ def plot_sweep(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
     curves = family_curves(agg)
     widths = sorted({a["width"] for a in agg})
@@ -233,53 +285,12 @@ def plot_sweep(
         ("final_train_accuracy", "train accuracy, last epoch (%)"),
     )
     for ax, (key, ylabel) in zip(axes, panels):
+        lim = test_ylim if key == "best_test_accuracy" else None
         for family, pts in curves.items():
-            color, marker, label = FAMILY_STYLE.get(family, ("black", "x", family))
-            pts = [p for p in pts if p[key] is not None]
-            if not pts:
-                continue
-            xs = [p["width"] for p in pts]
-            ys = [p[key] for p in pts]
-            es = [p[key + "_std"] if p["n"] > 1 else 0.0 for p in pts]
-            lim = test_ylim if key == "best_test_accuracy" else None
-            shown = [y if lim is None else max(y, lim[0]) for y in ys]
-            es = [
-                e if y == v else 0.0 for e, y, v in zip(es, ys, shown)
-            ]  # no bars on clipped points
-            ax.errorbar(
-                xs,
-                shown,
-                yerr=es,
-                color=color,
-                marker=marker,
-                capsize=3,
-                label=label,
-                linestyle="-" if family == "dense" else "--",
-                markersize=5,
-            )
-            for x, y in zip(xs, ys):
-                if lim is not None and y < lim[0]:
-                    ax.plot([x], [lim[0]], marker="v", color=color, markersize=9, clip_on=False)
-                    ax.annotate(
-                        f"{y:.1f}",
-                        (x, lim[0]),
-                        textcoords="offset points",
-                        xytext=(-4, 8),
-                        ha="right",
-                        fontsize=8,
-                        color=color,
-                    )
+            _plot_family(ax, family, pts, key, lim)
         if key == "best_test_accuracy" and test_ylim is not None:
             ax.set_ylim(*test_ylim)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator(widths))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.tick_params(axis="x", labelsize=8, labelrotation=45 if len(widths) > 5 else 0)
-        ax.set_xlabel("width")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        _width_axis(ax, widths, ylabel)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -299,11 +310,7 @@ def write_report(
         if os.path.isfile(info_path):
             with open(info_path) as f:
                 title = json.load(f).get("title")
-    with open(os.path.join(out_dir, "runs.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
+    write_csv(rows, os.path.join(out_dir, "runs.csv"), CSV_FIELDS)
     agg = aggregate(rows)
     text = markdown_table(agg, title)
     failures = collect_failures(out_dir)

@@ -23,6 +23,14 @@ DTYPES = ("float32", "bfloat16")
 
 # ---- parametrizations (standard / NTK / muP scalings)
 PARAMETRIZATIONS = ("standard", "ntk", "mup")
+PARAMETRIZATION_ALIASES = {
+    "standard": "standard",
+    "sp": "standard",
+    "ntk": "ntk",
+    "mup": "mup",
+    "μp": "mup",
+    "mean_field": "mup",
+}
 MLP_PARAMETRIZATIONS = ("standard", "ntk")  # built into the MLP module itself
 ROLES = ("input", "hidden", "output", "other")
 FAN_IN_MODES = ("effective", "nominal")
@@ -38,3 +46,14 @@ MASK_APPLY = ("update", "forward", "sparse")
 
 # ---- optimizer
 SCHEDULES = ("constant", "multistep", "cosine")
+
+
+def canonical_parametrization(name: str) -> str:
+    """'standard' | 'ntk' | 'mup' for ``name`` or an alias ('sp', 'μp', 'mean_field')."""
+    key = str(name).strip().lower()
+    if key not in PARAMETRIZATION_ALIASES:
+        raise ValueError(
+            f"unknown parametrization {name!r}; allowed: {PARAMETRIZATIONS} "
+            f"(aliases: {sorted(set(PARAMETRIZATION_ALIASES) - set(PARAMETRIZATIONS))})"
+        )
+    return PARAMETRIZATION_ALIASES[key]

@@ -77,21 +77,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from widesparse_jax import tree
-from widesparse_jax.choices import FAN_IN_MODES, PARAMETRIZATIONS, ROLES
+from widesparse_jax.choices import (
+    FAN_IN_MODES,
+    PARAMETRIZATIONS,
+    ROLES,
+    canonical_parametrization,
+)
 from widesparse_jax.masks import is_counted
 
 Path = tuple
 Params = Any
 
-
-_ALIASES = {
-    "standard": "standard",
-    "sp": "standard",
-    "ntk": "ntk",
-    "mup": "mup",
-    "μp": "mup",
-    "mean_field": "mup",
-}
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -113,13 +109,7 @@ __all__ = [
 
 def canonical_name(name: str) -> str:
     """'standard' | 'ntk' | 'mup' for ``name`` or an alias ('sp', 'μp', 'mean_field')."""
-    key = str(name).strip().lower()
-    if key not in _ALIASES:
-        raise ValueError(
-            f"unknown parametrization {name!r}; allowed: {PARAMETRIZATIONS} "
-            f"(aliases: {sorted(set(_ALIASES) - set(PARAMETRIZATIONS))})"
-        )
-    return _ALIASES[key]
+    return canonical_parametrization(name)
 
 
 def _check_widths(width: Any, base_width: Any) -> float:
@@ -262,6 +252,13 @@ def leaf_factors(
     return out
 
 
+def _factor_tree(params: Params, factors: Mapping[str, tuple], index: int) -> Params:
+    """Pytree (params structure) of ``factors[layer name][index]`` (0: init, 1: lr)."""
+    return tree.map_with_path(
+        lambda p, leaf: None if leaf is None else factors[tree.path_name(p)][index], params
+    )
+
+
 def init_factors(
     params: Params,
     name: str,
@@ -276,9 +273,7 @@ def init_factors(
     f = leaf_factors(
         params, name, width, base_width, roles=roles, masks=masks, fan_in_mode=fan_in_mode
     )
-    return tree.map_with_path(
-        lambda p, leaf: None if leaf is None else f[tree.path_name(p)][0], params
-    )
+    return _factor_tree(params, f, 0)
 
 
 def apply_parametrization(
@@ -336,6 +331,4 @@ def lr_multipliers(
     f = leaf_factors(
         params, name, width, base_width, roles=roles, masks=masks, fan_in_mode=fan_in_mode
     )
-    return tree.map_with_path(
-        lambda p, leaf: None if leaf is None else f[tree.path_name(p)][1], params
-    )
+    return _factor_tree(params, f, 1)

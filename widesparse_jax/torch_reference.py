@@ -47,12 +47,16 @@ def require_torch():
     return torch
 
 
-@functools.lru_cache(maxsize=None)
-def _classes():
-    """Builds the nn.Module classes on first use (keeps `import torch` lazy)."""
+def _torch_nn():
+    """(torch.nn, torch.nn.functional)."""
     torch = require_torch()
-    nn = torch.nn
-    F = torch.nn.functional
+    return torch.nn, torch.nn.functional
+
+
+@functools.lru_cache(maxsize=None)
+def _block_class():
+    """The ResNet's BasicBlock class, built on first use (keeps `import torch` lazy)."""
+    nn, F = _torch_nn()
 
     class BasicBlock(nn.Module):
         """conv3x3-BN-ReLU-conv3x3-BN + shortcut (1x1 conv + BN when shape changes), ReLU."""
@@ -75,6 +79,16 @@ def _classes():
             out = F.relu(self.bn1(self.conv1(x)))
             out = self.bn2(self.conv2(out))
             return F.relu(out + self.shortcut(x))
+
+    return BasicBlock
+
+
+@functools.lru_cache(maxsize=None)
+def _resnet_class():
+    """The `TorchResNet18` class, built on first use."""
+    nn, F = _torch_nn()
+
+    BasicBlock = _block_class()
 
     class TorchResNet18(nn.Module):
         """ResNet-18, widths (w, 2w, 4w, 8w), NCHW input.
@@ -114,6 +128,14 @@ def _classes():
                 out = getattr(self, f"layer{i}")(out)
             out = out.mean(dim=(2, 3))
             return self.linear(out)
+
+    return TorchResNet18
+
+
+@functools.lru_cache(maxsize=None)
+def _mlp_class():
+    """The `TorchMLP` class, built on first use."""
+    nn, F = _torch_nn()
 
     class TorchMLP(nn.Module):
         """The baseline's MLP1: fc -> (prefactor) -> ReLU -> [BatchNorm1d] -> cl (prefactor).
@@ -156,12 +178,12 @@ def _classes():
                 out = self.layers["bn"](out)
             return self.prefactor["cl"] * self.layers["cl"](out)
 
-    return TorchResNet18, TorchMLP
+    return TorchMLP
 
 
 def resnet18(width: int, num_classes: int, num_in_channels: int = 3, stem: str = "cifar"):
     """Builds a `TorchResNet18` (baseline parameter names), float32, CPU."""
-    return _classes()[0](width, num_classes, num_in_channels, stem)
+    return _resnet_class()(width, num_classes, num_in_channels, stem)
 
 
 def mlp(
@@ -174,7 +196,7 @@ def mlp(
     linear: bool = False,
 ):
     """Builds a `TorchMLP` (the baseline's MLP1 names `layers.fc`, `layers.cl`)."""
-    return _classes()[1](in_features, width, num_classes, batch_norm, ntk, bias, linear)
+    return _mlp_class()(in_features, width, num_classes, batch_norm, ntk, bias, linear)
 
 
 def smask_name_to_param(name: str) -> str:

@@ -130,8 +130,8 @@ def top_hessian_eigenvalue(
     Power iteration v <- Hv / ||Hv|| with HVPs from :func:`hessian_vector_product`, the whole
     loop in one jitted ``lax.while_loop`` (no host sync per iteration; recompiled per call
     because ``loss_fn`` is a new closure). It converges to the eigenvalue of largest
-    **magnitude**, returned with its sign (for trained nets this is normally the top positive one, the EoS sharpness; if
-    the Hessian has a larger negative eigenvalue you get that negative value). Convergence
+    **magnitude**, returned with its sign (for trained nets this is normally the top positive
+    one, the EoS sharpness; if the Hessian has a larger negative eigenvalue you get that negative value). Convergence
     speed depends on the gap |lambda_2| / |lambda_1|.
 
     Args:
@@ -149,32 +149,9 @@ def top_hessian_eigenvalue(
     Returns:
       HessianEigResult(eigenvalue, vector, num_iters, converged).
     """
-    if int(num_iters) != num_iters or num_iters < 1:
-        raise ValueError(f"num_iters must be an integer >= 1, got {num_iters!r}")
-    if not tol >= 0:
-        raise ValueError(f"tol must be >= 0, got {tol!r}")
-    leaves = jax.tree.leaves(params)
-    if not leaves:
-        raise ValueError("params has no arrays")
-    for x in leaves:
-        if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
-            raise ValueError(
-                f"params leaves must be floating arrays, got dtype {jnp.asarray(x).dtype}"
-            )
-
+    _check_power_iteration(params, num_iters, tol)
     n_max = int(num_iters)
-    tol_f = float(tol)
-
-    def body(state):
-        it, lam_prev, v, _, p, b, m = state
-        hv = tree.apply_masks(hessian_vector_product(loss_fn, p, b, v), m)
-        lam = _tree_vdot(v, hv)
-        norm = jnp.sqrt(_tree_vdot(hv, hv))
-        safe = jnp.where(norm > 0, norm, 1.0)
-        v_new = jax.tree.map(lambda h, x: jnp.where(norm > 0, h / safe, x).astype(x.dtype), hv, v)
-        # norm == 0: H v = 0, v is an eigenvector with eigenvalue 0.
-        done = (norm == 0) | ((it > 0) & (jnp.abs(lam - lam_prev) <= tol_f * jnp.abs(lam)))
-        return it + 1, lam, v_new, done, p, b, m
+    body = _power_step(loss_fn, float(tol))
 
     def cond(state):
         it, _, _, done, *_ = state
@@ -182,14 +159,7 @@ def top_hessian_eigenvalue(
 
     @jax.jit
     def run(p, b, k, m):
-        leaves_p, treedef = jax.tree.flatten(p)
-        keys = jax.random.split(k, len(leaves_p))
-        v0 = jax.tree.unflatten(
-            treedef, [jax.random.normal(kk, x.shape, x.dtype) for kk, x in zip(keys, leaves_p)]
-        )
-        v0 = tree.apply_masks(v0, m)
-        n0 = jnp.sqrt(_tree_vdot(v0, v0))
-        v0 = jax.tree.map(lambda x: x / jnp.where(n0 > 0, n0, 1.0).astype(x.dtype), v0)
+        v0, n0 = _unit_start_vector(p, k, m)
         init = (jnp.int32(0), jnp.float32(0.0), v0, n0 == 0, p, b, m)
         it, lam, v, done, *_ = jax.lax.while_loop(cond, body, init)
         return n0, it, lam, v, done
@@ -203,6 +173,54 @@ def top_hessian_eigenvalue(
             f"Hessian-vector product is not finite (eigenvalue estimate {lam}; loss diverged?)"
         )
     return HessianEigResult(eigenvalue=lam, vector=v, num_iters=int(it), converged=bool(done))
+
+
+def _check_power_iteration(params: Any, num_iters: int, tol: float) -> None:
+    """Raise ValueError for a bad ``num_iters`` / ``tol`` or params without float arrays."""
+    if int(num_iters) != num_iters or num_iters < 1:
+        raise ValueError(f"num_iters must be an integer >= 1, got {num_iters!r}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol!r}")
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError("params has no arrays")
+    for x in leaves:
+        if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
+            raise ValueError(
+                f"params leaves must be floating arrays, got dtype {jnp.asarray(x).dtype}"
+            )
+
+
+def _unit_start_vector(p: Any, k: jax.Array, m: Any) -> tuple[Any, jax.Array]:
+    """(v0, n0): a normal random direction (one key per leaf), masked, scaled to norm 1;
+    n0 = its norm before scaling (0 when the masks keep nothing)."""
+    leaves_p, treedef = jax.tree.flatten(p)
+    keys = jax.random.split(k, len(leaves_p))
+    v0 = jax.tree.unflatten(
+        treedef, [jax.random.normal(kk, x.shape, x.dtype) for kk, x in zip(keys, leaves_p)]
+    )
+    v0 = tree.apply_masks(v0, m)
+    n0 = jnp.sqrt(_tree_vdot(v0, v0))
+    v0 = jax.tree.map(lambda x: x / jnp.where(n0 > 0, n0, 1.0).astype(x.dtype), v0)
+    return v0, n0
+
+
+def _power_step(loss_fn: Callable[[Any, Any], jax.Array], tol_f: float) -> Callable:
+    """One power-iteration step on the while-loop state (it, lam, v, done, params, batch,
+    masks): v <- P H v / ||P H v||, lam = v . P H v; done when converged within ``tol_f``."""
+
+    def body(state):
+        it, lam_prev, v, _, p, b, m = state
+        hv = tree.apply_masks(hessian_vector_product(loss_fn, p, b, v), m)
+        lam = _tree_vdot(v, hv)
+        norm = jnp.sqrt(_tree_vdot(hv, hv))
+        safe = jnp.where(norm > 0, norm, 1.0)
+        v_new = jax.tree.map(lambda h, x: jnp.where(norm > 0, h / safe, x).astype(x.dtype), hv, v)
+        # norm == 0: H v = 0, v is an eigenvector with eigenvalue 0.
+        done = (norm == 0) | ((it > 0) & (jnp.abs(lam - lam_prev) <= tol_f * jnp.abs(lam)))
+        return it + 1, lam, v_new, done, p, b, m
+
+    return body
 
 
 def edge_of_stability(sharpness: float, lr: float, momentum: float = 0.0) -> dict[str, float]:

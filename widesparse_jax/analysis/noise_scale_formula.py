@@ -6,20 +6,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from widesparse_jax import tree
+from widesparse_jax.choices import canonical_parametrization
+
 # PyTorch's default Linear/Conv init is U(-1/sqrt(fan_in), +1/sqrt(fan_in)) (kaiming_uniform
 # with a=sqrt(5)); its variance is bound**2 / 3 = 1 / (3 fan_in), i.e. sigma_w^2 = 1/3 in the
 # Park et al. form Var(W) = sigma_w^2 / fan_in. The sparse-aware init U(+-1/sqrt(fan_in * p))
 # has Var = 1 / (3 fan_in p): the same sigma_w^2 = 1/3 relative to the effective fan-in.
 PYTORCH_UNIFORM_SIGMA_W2 = 1.0 / 3.0
-
-_PARAMETRIZATIONS = {
-    "standard": "standard",
-    "sp": "standard",
-    "ntk": "ntk",
-    "mup": "mup",
-    "μp": "mup",
-    "mean_field": "mup",
-}
 
 # Where noise_scale_from_config looks for each quantity (dotted attribute / key paths).
 DEFAULT_CONFIG_FIELDS: Mapping[str, str] = {
@@ -79,14 +73,20 @@ def noise_scale(lr: float, batch_size: float, momentum: float, init_variance: fl
     return lr / (batch_size * (1.0 - momentum) * init_variance)
 
 
-def _canonical_parametrization(parametrization: str) -> str:
-    key = str(parametrization).strip().lower()
-    if key not in _PARAMETRIZATIONS:
-        raise ValueError(
-            f"unknown parametrization {parametrization!r}; allowed: "
-            f"{sorted(set(_PARAMETRIZATIONS))}"
-        )
-    return _PARAMETRIZATIONS[key]
+def _from_weight_variance(kind: str, weight_variance: Any, fan_in: Any, density: float) -> float:
+    """sigma_w^2 from the per-entry init variance: itself for 'ntk', else
+    ``weight_variance * fan_in * density`` (``fan_in`` required)."""
+    v = _check_number("weight_variance", weight_variance)
+    if v <= 0:
+        raise ValueError(f"weight_variance must be > 0, got {v}")
+    if kind == "ntk":
+        return v
+    if fan_in is None:
+        raise ValueError(f"fan_in is required with weight_variance for parametrization {kind!r}")
+    f = _check_number("fan_in", fan_in)
+    if f <= 0:
+        raise ValueError(f"fan_in must be > 0, got {f}")
+    return v * f * density
 
 
 def init_variance_scale(
@@ -124,7 +124,7 @@ def init_variance_scale(
     Returns:
       sigma2_init as a float.
     """
-    kind = _canonical_parametrization(parametrization)
+    kind = canonical_parametrization(parametrization)
     if sigma_w2 is not None and weight_variance is not None:
         raise ValueError("give at most one of sigma_w2 and weight_variance, got both")
     if sigma_w2 is not None:
@@ -136,38 +136,10 @@ def init_variance_scale(
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
     if weight_variance is not None:
-        v = _check_number("weight_variance", weight_variance)
-        if v <= 0:
-            raise ValueError(f"weight_variance must be > 0, got {v}")
-        if kind == "ntk":
-            return v
-        if fan_in is None:
-            raise ValueError(
-                f"fan_in is required with weight_variance for parametrization {kind!r}"
-            )
-        f = _check_number("fan_in", fan_in)
-        if f <= 0:
-            raise ValueError(f"fan_in must be > 0, got {f}")
-        return v * f * density
+        return _from_weight_variance(kind, weight_variance, fan_in, density)
     if kind == "standard":
         return PYTORCH_UNIFORM_SIGMA_W2
     return 1.0
-
-
-def _get_path(config: Any, path: str) -> Any:
-    """Read a dotted path from attribute-style (ConfigDict) or mapping-style configs."""
-    node = config
-    for part in path.split("."):
-        if isinstance(node, Mapping):
-            node = node.get(part, _MISSING)
-        else:
-            try:
-                node = getattr(node, part)
-            except (AttributeError, KeyError):
-                node = _MISSING
-        if node is _MISSING:
-            return _MISSING
-    return node
 
 
 def noise_scale_from_config(
@@ -200,7 +172,7 @@ def noise_scale_from_config(
         paths.update(fields)
 
     def required(name: str) -> Any:
-        value = _get_path(config, paths[name])
+        value = tree.get_dotted(config, paths[name], _MISSING)
         if value is _MISSING:
             raise ValueError(
                 f"config has no {paths[name]!r} (needed for {name}); pass fields={{{name!r}: "
@@ -213,7 +185,7 @@ def noise_scale_from_config(
     batch_size = required("batch_size")
     if init_variance is None:
         parametrization = required("parametrization")
-        sigma_w2 = _get_path(config, paths["sigma_w2"])
+        sigma_w2 = tree.get_dotted(config, paths["sigma_w2"], _MISSING)
         init_variance = init_variance_scale(
             parametrization, sigma_w2=None if sigma_w2 is _MISSING or sigma_w2 is None else sigma_w2
         )

@@ -38,6 +38,18 @@ def _new_figure(figsize: tuple[float, float]):
     return fig
 
 
+def _finish(fig, ax, title: str | None, path: str | None):
+    """Title, legend, grid, layout; save to ``path`` when given; return the figure."""
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+    return fig
+
+
 def plot_acc_vs_noise_scale(
     records: Iterable[Mapping[str, Any]],
     *,
@@ -76,14 +88,47 @@ def plot_acc_vs_noise_scale(
     ax.set_xscale("log")
     ax.set_xlabel(r"noise scale $\bar g = \epsilon / (B(1-m)\sigma^2_{init})$")
     ax.set_ylabel("best test accuracy")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize="small")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path)
-    return fig
+    return _finish(fig, ax, title, path)
+
+
+def _width_series(
+    optima: Mapping[tuple, OptimalNoiseScale], group_keys: Sequence[str], use_refined: bool
+) -> dict[tuple, list[tuple[float, float, bool]]]:
+    """{other group values: [(width, optimal g_bar, at grid edge), ...]}."""
+    wi = list(group_keys).index("width")
+    series: dict[tuple, list[tuple[float, float, bool]]] = {}
+    for key, o in optima.items():
+        rest = tuple(v for j, v in enumerate(key) if j != wi)
+        g = o.refined_noise_scale if use_refined else o.noise_scale
+        series.setdefault(rest, []).append((float(key[wi]), g, o.at_edge))
+    return series
+
+
+def _plot_width_series(ax, pts: Sequence[tuple], label: str, fit: PowerLawFit | None) -> None:
+    """One series of (width, g, at_edge) points (edge points hollow) and its fit line."""
+    w = np.array([p[0] for p in pts])
+    g = np.array([p[1] for p in pts])
+    edge = np.array([p[2] for p in pts], dtype=bool)
+    label = label or "optimal g"
+    (line,) = ax.plot(w[~edge], g[~edge], "o", label=label)
+    if edge.any():
+        ax.plot(
+            w[edge],
+            g[edge],
+            "o",
+            mfc="none",
+            color=line.get_color(),
+            label=f"{label} (grid edge)",
+        )
+    if fit is not None:
+        ww = np.geomspace(w.min(), w.max(), 50)
+        ax.plot(
+            ww,
+            fit.predict(ww),
+            "-",
+            color=line.get_color(),
+            label=f"fit: k={fit.exponent:.2f}±{fit.exponent_stderr:.2f}",
+        )
 
 
 def plot_optimal_noise_scale_vs_width(
@@ -105,12 +150,7 @@ def plot_optimal_noise_scale_vs_width(
     """
     if "width" not in group_keys:
         raise ValueError(f"group_keys must contain 'width', got {tuple(group_keys)}")
-    wi = list(group_keys).index("width")
-    series: dict[tuple, list[tuple[float, float, bool]]] = {}
-    for key, o in optima.items():
-        rest = tuple(v for j, v in enumerate(key) if j != wi)
-        g = o.refined_noise_scale if use_refined else o.noise_scale
-        series.setdefault(rest, []).append((float(key[wi]), g, o.at_edge))
+    series = _width_series(optima, group_keys, use_refined)
     rest_keys = [k for k in group_keys if k != "width"]
     if isinstance(fits, PowerLawFit):
         if len(series) != 1:
@@ -119,43 +159,13 @@ def plot_optimal_noise_scale_vs_width(
     fig = _new_figure(figsize)
     ax = fig.subplots()
     for rest in sorted(series, key=_sort_key):
-        pts = sorted(series[rest])
-        w = np.array([p[0] for p in pts])
-        g = np.array([p[1] for p in pts])
-        edge = np.array([p[2] for p in pts], dtype=bool)
-        label = _group_label(rest, rest_keys) or "optimal g"
-        (line,) = ax.plot(w[~edge], g[~edge], "o", label=label)
-        if edge.any():
-            ax.plot(
-                w[edge],
-                g[edge],
-                "o",
-                mfc="none",
-                color=line.get_color(),
-                label=f"{label} (grid edge)",
-            )
-        if fits is not None and rest in fits:
-            f = fits[rest]
-            ww = np.geomspace(w.min(), w.max(), 50)
-            ax.plot(
-                ww,
-                f.predict(ww),
-                "-",
-                color=line.get_color(),
-                label=f"fit: k={f.exponent:.2f}±{f.exponent_stderr:.2f}",
-            )
+        fit = fits.get(rest) if fits is not None else None
+        _plot_width_series(ax, sorted(series[rest]), _group_label(rest, rest_keys), fit)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("width")
     ax.set_ylabel(r"optimal $\bar g$")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize="small")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path)
-    return fig
+    return _finish(fig, ax, title, path)
 
 
 def _fmt(v: Any, float_fmt: str) -> str:

@@ -87,33 +87,23 @@ def check_mlp_args(
         )
 
 
+def check_mlp_module(m: nn.Module) -> None:
+    """:func:`check_mlp_args` on the fields of an MLP-like module ``m``."""
+    check_mlp_args(
+        m.width, m.num_classes, m.parametrization, m.use_bias, m.activation, m.init_distribution
+    )
+
+
+def kernel_init_for(parametrization: str, init_distribution: str):
+    """Kernel initializer: PyTorch's default for 'standard', unit scale for 'ntk'."""
+    if parametrization == "standard":
+        return torch_kernel_init(init_distribution)
+    return scaled_init(1.0, init_distribution)
+
+
 def mlp_weight_count(width: int, num_classes: int, input_dim: int = 784) -> int:
     """Counted weights (kernels only) of the MLP: d*n + n*C."""
     return input_dim * width + width * num_classes
-
-
-def _dense(
-    features: int,
-    parametrization: str,
-    use_bias: bool,
-    init_distribution: str,
-    dtype: Dtype,
-    name: str,
-    fan_in: int,
-) -> nn.Dense:
-    if parametrization == "standard":
-        kernel_init = torch_kernel_init(init_distribution)
-    else:
-        kernel_init = scaled_init(1.0, init_distribution)
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        kernel_init=kernel_init,
-        bias_init=torch_bias_init(fan_in, init_distribution),
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
 
 
 def dense_layer(
@@ -132,7 +122,15 @@ def dense_layer(
     Params: ``name/kernel`` (fan_in, features), ``name/bias`` (features,) if use_bias.
     """
     fan_in = x.shape[-1]
-    out = _dense(features, parametrization, use_bias, init_distribution, dtype, name, fan_in)(x)
+    out = nn.Dense(
+        features,
+        use_bias=use_bias,
+        kernel_init=kernel_init_for(parametrization, init_distribution),
+        bias_init=torch_bias_init(fan_in, init_distribution),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )(x)
     if parametrization == "ntk":
         out = out * jnp.asarray(1.0 / math.sqrt(fan_in), out.dtype)
     return out
@@ -163,14 +161,7 @@ class MLP(nn.Module):
     dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
-        check_mlp_args(
-            self.width,
-            self.num_classes,
-            self.parametrization,
-            self.use_bias,
-            self.activation,
-            self.init_distribution,
-        )
+        check_mlp_module(self)
         super().__post_init__()
 
     def __call__(self, x: jax.Array, train: bool = False, masks=None) -> jax.Array:

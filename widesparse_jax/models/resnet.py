@@ -54,6 +54,12 @@ BN_EPSILON = 1e-5
 Dtype = Any
 
 
+def check_bottleneck(bottleneck: str) -> None:
+    """Raise ValueError unless ``bottleneck`` is one of BOTTLENECKS."""
+    if bottleneck not in BOTTLENECKS:
+        raise ValueError(f"bottleneck {bottleneck!r} unknown; allowed: {BOTTLENECKS}")
+
+
 def block_conv_names() -> Tuple[str, ...]:
     """Names of the 16 3x3 convs inside the residual blocks, in forward order."""
     return tuple(
@@ -229,8 +235,7 @@ class ResNet18(nn.Module):
 
     def __post_init__(self) -> None:
         _check_resnet_args(self.width, self.num_classes, self.stem)
-        if self.bottleneck not in BOTTLENECKS:
-            raise ValueError(f"bottleneck {self.bottleneck!r} unknown; allowed: {BOTTLENECKS}")
+        check_bottleneck(self.bottleneck)
         if self.inner_dims is not None:
             allowed = set(block_conv_names())
             for name, k in self.inner_dims:
