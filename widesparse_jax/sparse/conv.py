@@ -29,22 +29,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from widesparse_jax.sparse import format as format_lib
+
 
 @dataclasses.dataclass(frozen=True)
-class ConvLayout:
-    """Static structure of one kernel-granularity sparse conv (numpy int32).
+class ConvLayout(format_lib.Compact):
+    """Static structure of one kernel-granularity sparse conv (numpy int32): the compact
+    layout of its [Cin, Cout] channel-connection mask, with the full kernel shape.
 
     shape: the HWIO kernel shape (kh, kw, Cin, Cout). rows / cols: [nnz] input / output
     channel of each kept kernel, sorted by (col, row).
     """
-
-    shape: tuple
-    rows: np.ndarray
-    cols: np.ndarray
-
-    @property
-    def nnz(self) -> int:
-        return int(self.rows.size)
 
     @property
     def density(self) -> float:
@@ -63,8 +58,8 @@ def conv_layout(mask) -> ConvLayout:
             "sparse conv needs whole kernels kept or removed (sparsity.granularity='kernel'); "
             f"this {m.shape} mask differs between spatial taps"
         )
-    cols, rows = np.nonzero(conn.T)  # sorted by output channel, then input channel
-    return ConvLayout(tuple(m.shape), rows.astype(np.int32), cols.astype(np.int32))
+    c = format_lib.layout_of(conn)  # sorted by output channel, then input channel
+    return ConvLayout(tuple(m.shape), c.rows, c.cols)
 
 
 def kernel_values(kernel, layout: ConvLayout) -> jax.Array:
