@@ -96,8 +96,7 @@ def memory_estimate(model, input_shape: tuple, batch_per_device: int, dtype: str
     the forward pass for ``batch_per_device`` examples (kept for the backward pass).
     """
     x = jax.ShapeDtypeStruct((batch_per_device, *input_shape), jnp.float32)
-    one = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    variables = jax.eval_shape(lambda k, x1: model.init(k, x1, train=False), jax.random.key(0), one)
+    variables = setup.abstract_variables(model, input_shape)
 
     def forward(v, xb):
         return model.apply(
