@@ -13,7 +13,16 @@ from ml_collections import config_dict
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    _dataset(config)
+    _model(config)
+    _sparsity(config)
+    _optimizer(config)
+    _train(config)
+    return config
 
+
+def _dataset(config: ml_collections.ConfigDict) -> None:
+    """Sets the input pipeline (``config.dataset``)."""
     # ---- data -------------------------------------------------------------------
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = (
@@ -33,6 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.subset_seed = config_dict.placeholder(int)  # None: first N examples
     config.dataset.image_size = config_dict.placeholder(int)  # ImageNet crop size (None: 224)
 
+
+def _model(config: ml_collections.ConfigDict) -> None:
+    """Sets the network (``config.model``)."""
     # ---- model ------------------------------------------------------------------
     config.model = ml_collections.ConfigDict()
     config.model.name = "resnet18"  # resnet18|mlp|resnet18_bottleneck|mlp_bottleneck
@@ -53,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.bottleneck = "linear"  # *_bottleneck models only: linear|nonlinear
     config.model.dtype = "float32"  # compute dtype: float32|bfloat16 (params stay float32)
 
+
+def _sparsity(config: ml_collections.ConfigDict) -> None:
+    """Sets the mask (``config.sparsity``)."""
     # ---- sparsity ---------------------------------------------------------------
     config.sparsity = ml_collections.ConfigDict()
     config.sparsity.method = "paper"  # paper|uniform|erk
@@ -67,6 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
     # per-layer crossover 0.014-0.077, median ~0.036, widths 64/128: --conv, docs/performance.md)
     config.sparsity.sparse_conv_below_density = 0.03
 
+
+def _optimizer(config: ml_collections.ConfigDict) -> None:
+    """Sets SGD and its lr schedule (``config.optimizer``)."""
     # ---- optimizer --------------------------------------------------------------
     config.optimizer = ml_collections.ConfigDict()
     # None is allowed when the config carries per-width tables (lr_table_dense/lr_table_sparse).
@@ -79,6 +97,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.gamma = 0.1  # multistep factor
     config.optimizer.warmup_epochs = 0
 
+
+def _train(config: ml_collections.ConfigDict) -> None:
+    """Sets the loop (``config.train``)."""
     # ---- training ---------------------------------------------------------------
     config.train = ml_collections.ConfigDict()
     config.train.seed = 0
@@ -91,5 +112,3 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every_steps = 1000
     config.train.max_checkpoints_to_keep = 2
     config.train.prefetch = 2
-
-    return config

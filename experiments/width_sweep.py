@@ -39,19 +39,28 @@ dataset.train_subset=None``).
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import importlib.util
 import json
 import os
-import shlex
 import shutil
 import sys
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import ml_collections
 
+from experiments.sweep_plan import (
+    RunSpec,
+    apply_overrides,
+    check_bottleneck_feasible,
+    job_command,
+    load_config_file,
+    parse_int_list,
+    parse_value,
+    plan_runs,
+    run_config,
+    shell_quote,
+    validate_all,
+)
 from experiments.sweep_report import (
     FAILED_FILE,
     FAMILIES,
@@ -63,211 +72,26 @@ from experiments.sweep_report import (
     markdown_table,
     write_report,
 )
-from widesparse_jax.choices import BOTTLENECKS
 
-# ----------------------------------------------------------------------------- run specs
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
-    """One member of a sweep: ``family`` at ``width`` (weight count of ``base_width``), ``seed``."""
-
-    family: str
-    width: int
-    base_width: int
-    seed: int
-
-    @property
-    def name(self) -> str:
-        """Workdir name, e.g. ``'sparse_w40_s1'``."""
-        return f"{self.family}_w{self.width}_s{self.seed}"
-
-
-def parse_int_list(text: str | Sequence[int], what: str) -> list[int]:
-    """``'5,10,20'`` (or a sequence) -> ``[5, 10, 20]``; raises ValueError naming ``what``."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    out = []
-    for item in items:
-        try:
-            value = int(str(item).strip())
-        except ValueError:
-            raise ValueError(
-                f'{what}: {item!r} is not an integer (expected e.g. "5,10,20")'
-            ) from None
-        out.append(value)
-    if not out:
-        raise ValueError(f"{what} is empty: give at least one integer")
-    return out
-
-
-def plan_runs(
-    base_width: int,
-    widths: Sequence[int],
-    seeds: Sequence[int] = (0,),
-    bottlenecks: Sequence[str] = (),
-    sparse: bool = True,
-    dense_widths: Optional[Sequence[int]] = None,
-) -> list[RunSpec]:
-    """All members of the sweep, dense first, widths ascending.
-
-    ``dense_widths``: the dense family's widths when they differ from ``widths`` (e.g. sparse
-    nets far wider than dense masking can afford); None: the same widths.
-    Raises ValueError for a width below the base width, a non-positive width, duplicate widths
-    or seeds, a negative seed, or an unknown bottleneck kind.
-    """
-    if not isinstance(base_width, int) or base_width < 1:
-        raise ValueError(f"base width {base_width!r} not allowed: an integer >= 1")
-    if dense_widths is not None:
-        _check_widths(base_width, list(dense_widths), "dense widths")
-    _check_widths(base_width, list(widths), "widths")
-    seeds = list(seeds)
-    if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
-        raise ValueError(f"seeds {seeds} not allowed: distinct integers >= 0, at least one")
-    unknown = [b for b in bottlenecks if b not in BOTTLENECKS]
-    if unknown:
-        raise ValueError(f"bottleneck kinds {unknown} unknown; allowed: {list(BOTTLENECKS)}")
-    families = ["dense"] + (["sparse"] if sparse else []) + [f"bottleneck-{b}" for b in bottlenecks]
-    specs = []
-    for family in families:
-        fam_widths = dense_widths if family == "dense" and dense_widths is not None else widths
-        for w in sorted(fam_widths):
-            if family != "dense" and w == base_width:
-                continue  # the dense base net is every family's starting point
-            for s in seeds:
-                specs.append(RunSpec(family, w, base_width, s))
-    return specs
-
-
-def _check_widths(base_width: int, widths: list, what: str) -> None:
-    """Raises ValueError unless ``widths`` are distinct integers >= ``base_width``."""
-    if not widths:
-        raise ValueError(f"{what} is empty: give at least one width >= the base width")
-    bad = [w for w in widths if not isinstance(w, int) or w < 1]
-    if bad:
-        raise ValueError(f"{what} {bad} not allowed: integers >= 1")
-    below = [w for w in widths if w < base_width]
-    if below:
-        raise ValueError(
-            f"{what} {below} are below the base width {base_width}: every width must "
-            f"be >= {base_width} (a sparse net keeps the weight count of the narrower "
-            "base net)"
-        )
-    if len(set(widths)) != len(widths):
-        raise ValueError(f"{what} {widths} contain duplicates")
-
-
-# ----------------------------------------------------------------------------- configs
-
-
-def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """Imports a config file (``get_config()``) by path. Config files import ``configs``
-    (``from configs import default``): run from the repository root (``python -m ...``)."""
-    path = os.path.abspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"config file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_width_sweep_cfg_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path!r} has no get_config()")
-    return module.get_config()
-
-
-def parse_value(text: str) -> Any:
-    """A ``--set`` value: a Python literal if it parses as one, else the raw string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def apply_overrides(
-    config: ml_collections.ConfigDict, overrides: Iterable[str]
-) -> ml_collections.ConfigDict:
-    """Applies ``'a.b.c=value'`` overrides to a copy of ``config``; unknown keys raise ValueError."""
-    config = _copy(config)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = config
-        for p in parts[:-1]:
-            if p not in node or not isinstance(node[p], ml_collections.ConfigDict):
-                raise ValueError(
-                    f"override {item!r}: config has no section {p!r} on the path {key!r}"
-                )
-            node = node[p]
-        if parts[-1] not in node:
-            raise ValueError(f"override {item!r}: config has no field {key!r}")
-        value = parse_value(text)
-        if isinstance(value, list):
-            value = tuple(value)
-        try:
-            node[parts[-1]] = value
-        except TypeError as e:
-            raise ValueError(f"override {item!r}: {e}") from None
-    return config
-
-
-def _copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(config.to_dict())
-
-
-def run_config(base: ml_collections.ConfigDict, spec: RunSpec) -> ml_collections.ConfigDict:
-    """The config of one member: width, base width (None when dense), seed, model name."""
-    config = _copy(base)
-    name = config.model.name
-    plain = name[: -len("_bottleneck")] if name.endswith("_bottleneck") else name
-    config.model.width = spec.width
-    config.train.seed = spec.seed
-    if spec.family == "dense":
-        config.model.name = plain
-        config.model.base_width = None
-    elif spec.family == "sparse":
-        config.model.name = plain
-        config.model.base_width = spec.base_width
-    elif spec.family.startswith("bottleneck-"):
-        config.model.name = plain + "_bottleneck"
-        config.model.base_width = spec.base_width
-        config.model.bottleneck = spec.family[len("bottleneck-") :]
-    else:
-        raise ValueError(f"family {spec.family!r} unknown; allowed: {list(FAMILIES)}")
-    return config
-
-
-def check_bottleneck_feasible(config: ml_collections.ConfigDict) -> None:
-    """Builds the bottleneck member's module (no data, no params): the factorization plan is
-    solved there, so a width whose unfactorized layers alone exceed the base width's weight
-    count raises ValueError here, before any member trains (not mid-sweep)."""
-    from widesparse_jax import data, setup
-
-    spec = data.DataSpec.from_config(config.dataset)
-    try:
-        setup.build_model(config.model, data.spec.NUM_CLASSES[spec.name], spec.image_shape)
-    except ValueError as e:
-        raise ValueError(
-            f"bottleneck cannot reach the weight count of base width {config.model.base_width} "
-            f"at width {config.model.width} ({e}); drop this width from --widths"
-        ) from None
-
-
-def validate_all(base: ml_collections.ConfigDict, specs: Sequence[RunSpec]) -> None:
-    """Validates every member's config before any training (one error lists them all)."""
-    from widesparse_jax import config as config_lib
-
-    errors = []
-    for spec in specs:
-        try:
-            config = run_config(base, spec)
-            config_lib.validate_config(config)
-            if spec.family.startswith("bottleneck-"):
-                check_bottleneck_feasible(config)
-        except ValueError as e:
-            errors.append(f"{spec.name}: {e}")
-    if errors:
-        raise ValueError("invalid sweep member config(s):\n" + "\n".join(errors))
-
+# The planning names live in experiments/sweep_plan.py; they stay importable from here.
+__all__ = [
+    "RunSpec",
+    "apply_overrides",
+    "build_parser",
+    "check_bottleneck_feasible",
+    "job_command",
+    "load_config_file",
+    "main",
+    "parse_int_list",
+    "parse_value",
+    "plan_runs",
+    "run_config",
+    "run_one",
+    "run_sweep",
+    "shell_quote",
+    "validate_all",
+    "workdir_of",
+]
 
 # ----------------------------------------------------------------------------- running
 
@@ -291,47 +115,6 @@ def run_one(
     if prune_checkpoints:
         shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
     return {"skipped": False, **summary}
-
-
-def shell_quote(arg: str) -> str:
-    """Quotes one shell word; prefers readable double quotes for Python literals like ('a',)."""
-    q = shlex.quote(arg)
-    if q == arg or any(c in arg for c in '"$`\\!'):
-        return q
-    return f'"{arg}"'
-
-
-def job_command(
-    config_path: str,
-    overrides: Sequence[str],
-    spec: RunSpec,
-    out_dir: str,
-    prune_checkpoints: bool = False,
-) -> str:
-    """The shell command that trains one member on its own (``run-one``)."""
-    args = [
-        "python",
-        "-m",
-        "experiments.width_sweep",
-        "run-one",
-        "--config",
-        config_path,
-        "--out",
-        out_dir,
-        "--family",
-        spec.family,
-        "--width",
-        str(spec.width),
-        "--base-width",
-        str(spec.base_width),
-        "--seed",
-        str(spec.seed),
-    ]
-    for o in overrides:
-        args += ["--set", o]
-    if prune_checkpoints:
-        args.append("--prune-checkpoints")
-    return " ".join(shell_quote(a) for a in args)
 
 
 def run_sweep(
@@ -466,96 +249,110 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _enable_training_logs() -> None:
+    """Training progress lines (train.py logs through absl); fast CPU convs before JAX starts."""
+    from widesparse_jax import platform
+
+    platform.enable_fast_cpu_convolutions()  # before JAX starts its CPU backend
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.INFO)
+    absl_logging.set_stderrthreshold(absl_logging.INFO)
+
+
+def _parse_ylim(text: Optional[str]) -> Optional[tuple[float, float]]:
+    """``--test-ylim 'LO,HI'`` -> ``(LO, HI)``; None when not given."""
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--test-ylim {text!r} is not LO,HI (e.g. 75,85)") from None
+    if not lo < hi:
+        raise ValueError(f"--test-ylim {text!r}: LO must be < HI")
+    return (lo, hi)
+
+
+def _cmd_report(args: argparse.Namespace, command: str) -> int:
+    rows = write_report(args.out, args.title, _parse_ylim(args.test_ylim))
+    print(f"{len(rows)} runs -> {args.out}/runs.csv, table.md, width_sweep.png")
+    return 0
+
+
+def _cmd_run_one(args: argparse.Namespace, command: str) -> int:
+    kinds = [args.family[len("bottleneck-") :]] if args.family.startswith("bottleneck-") else []
+    specs = plan_runs(
+        args.base_width, [args.width], [args.seed], kinds, sparse=args.family == "sparse"
+    )
+    spec = RunSpec(args.family, args.width, args.base_width, args.seed)
+    if spec not in specs:
+        raise ValueError(
+            f"--family {args.family} needs --width > --base-width "
+            f"(got width {args.width}, base width {args.base_width})"
+        )
+    base = apply_overrides(load_config_file(args.config), args.set)
+    validate_all(base, [spec])
+    res = run_one(base, spec, args.out, args.prune_checkpoints)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _write_jobs(args: argparse.Namespace, specs: Sequence[RunSpec]) -> int:
+    """``sweep --jobs-file``: one ``run-one`` command per member (+ the report), run nothing."""
+    base = apply_overrides(load_config_file(args.config), args.set)
+    validate_all(base, specs)
+    lines = [job_command(args.config, args.set, s, args.out, args.prune_checkpoints) for s in specs]
+    lines.append(f"python -m experiments.width_sweep report --out {shell_quote(args.out)}")
+    text = "\n".join(lines) + "\n"
+    if args.jobs_file == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.jobs_file, "w") as f:
+            f.write(text)
+        print(f"{len(specs)} run commands (+ report) -> {args.jobs_file}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace, command: str) -> int:
+    widths = parse_int_list(args.widths, "--widths")
+    seeds = parse_int_list(args.seeds, "--seeds")
+    bottlenecks = [b.strip() for b in args.bottleneck.split(",") if b.strip()]
+    dense_widths = (
+        None if args.dense_widths is None else parse_int_list(args.dense_widths, "--dense-widths")
+    )
+    specs = plan_runs(args.base_width, widths, seeds, bottlenecks, not args.no_sparse, dense_widths)
+    if args.jobs_file is not None:
+        return _write_jobs(args, specs)
+    rows = run_sweep(
+        args.config,
+        args.out,
+        args.base_width,
+        widths,
+        seeds,
+        args.set,
+        bottlenecks,
+        not args.no_sparse,
+        args.prune_checkpoints,
+        args.title,
+        command,
+        dense_widths=dense_widths,
+    )
+    print(markdown_table(aggregate(rows), args.title))
+    return 0
+
+
+_COMMANDS = {"report": _cmd_report, "run-one": _cmd_run_one, "sweep": _cmd_sweep}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.cmd != "report":  # training progress lines (train.py logs through absl)
-        from widesparse_jax import platform
-
-        platform.enable_fast_cpu_convolutions()  # before JAX starts its CPU backend
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.INFO)
-        absl_logging.set_stderrthreshold(absl_logging.INFO)
+    if args.cmd != "report":
+        _enable_training_logs()
     command = "python -m experiments.width_sweep " + " ".join(
         shell_quote(a) for a in (sys.argv[1:] if argv is None else argv)
     )
     try:
-        if args.cmd == "report":
-            ylim = None
-            if args.test_ylim:
-                try:
-                    lo, hi = (float(v) for v in args.test_ylim.split(","))
-                except ValueError:
-                    raise ValueError(
-                        f"--test-ylim {args.test_ylim!r} is not LO,HI (e.g. 75,85)"
-                    ) from None
-                if not lo < hi:
-                    raise ValueError(f"--test-ylim {args.test_ylim!r}: LO must be < HI")
-                ylim = (lo, hi)
-            rows = write_report(args.out, args.title, ylim)
-            print(f"{len(rows)} runs -> {args.out}/runs.csv, table.md, width_sweep.png")
-            return 0
-        if args.cmd == "run-one":
-            kinds = (
-                [args.family[len("bottleneck-") :]] if args.family.startswith("bottleneck-") else []
-            )
-            specs = plan_runs(
-                args.base_width, [args.width], [args.seed], kinds, sparse=args.family == "sparse"
-            )
-            spec = RunSpec(args.family, args.width, args.base_width, args.seed)
-            if spec not in specs:
-                raise ValueError(
-                    f"--family {args.family} needs --width > --base-width "
-                    f"(got width {args.width}, base width {args.base_width})"
-                )
-            base = apply_overrides(load_config_file(args.config), args.set)
-            validate_all(base, [spec])
-            res = run_one(base, spec, args.out, args.prune_checkpoints)
-            print(json.dumps(res, indent=2))
-            return 0
-        widths = parse_int_list(args.widths, "--widths")
-        seeds = parse_int_list(args.seeds, "--seeds")
-        bottlenecks = [b.strip() for b in args.bottleneck.split(",") if b.strip()]
-        dense_widths = (
-            None
-            if args.dense_widths is None
-            else parse_int_list(args.dense_widths, "--dense-widths")
-        )
-        specs = plan_runs(
-            args.base_width, widths, seeds, bottlenecks, not args.no_sparse, dense_widths
-        )
-        if args.jobs_file is not None:
-            base = apply_overrides(load_config_file(args.config), args.set)
-            validate_all(base, specs)
-            lines = [
-                job_command(args.config, args.set, s, args.out, args.prune_checkpoints)
-                for s in specs
-            ]
-            lines.append(f"python -m experiments.width_sweep report --out {shell_quote(args.out)}")
-            text = "\n".join(lines) + "\n"
-            if args.jobs_file == "-":
-                sys.stdout.write(text)
-            else:
-                with open(args.jobs_file, "w") as f:
-                    f.write(text)
-                print(f"{len(specs)} run commands (+ report) -> {args.jobs_file}")
-            return 0
-        rows = run_sweep(
-            args.config,
-            args.out,
-            args.base_width,
-            widths,
-            seeds,
-            args.set,
-            bottlenecks,
-            not args.no_sparse,
-            args.prune_checkpoints,
-            args.title,
-            command,
-            dense_widths=dense_widths,
-        )
-        print(markdown_table(aggregate(rows), args.title))
-        return 0
+        return _COMMANDS[args.cmd](args, command)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

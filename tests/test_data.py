@@ -15,24 +15,12 @@ import numpy as np
 import pytest
 
 from configs import default as default_config
+from tests.batches import assert_batches_equal, take
 from tests.markers import FMNIST_DIR, needs_fmnist
 from widesparse_jax import choices, data
 from widesparse_jax.data import normalize, prefetch, small, sources
 
 ONE = data.DeviceLayout(1, 0, 1)
-
-
-def _take(it, n):
-    return [next(it) for _ in range(n)]
-
-
-def _assert_batches_equal(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for k in x:
-            assert x[k].dtype == y[k].dtype
-            np.testing.assert_array_equal(x[k], y[k])
 
 
 def _write_idx(path, array, magic, compress=True):
@@ -240,7 +228,7 @@ def test_tiny_idx_dataset_end_to_end(tmp_path):
     np.testing.assert_allclose(values.reshape(-1), [100, 101, 102, 103, 104, 105, 106, 0], 1e-4)
     assert masks.reshape(-1).tolist() == [True] * 7 + [False]
     # One epoch (5 steps of 4) visits every training example once; labels stay with images.
-    stream = _take(data.create_train_iterator(plain, 4, 3, devices=ONE, prefetch=0), 5)
+    stream = take(data.create_train_iterator(plain, 4, 3, devices=ONE, prefetch=0), 5)
     ids = np.rint(np.concatenate([b["image"][0, :, 0, 0, 0] for b in stream]) * 255)
     assert sorted(ids.tolist()) == list(range(20))
     labels = np.concatenate([b["label"][0] for b in stream])
@@ -337,12 +325,12 @@ def test_real_idx_exact_resume_epochs_and_reshuffle():
 
     def stream(start, n, s=spec, prefetch=2):
         it = data.create_train_iterator(s, 32, 5, start, devices=devices, prefetch=prefetch)
-        return _take(it, n)
+        return take(it, n)
 
     full = stream(0, 10)  # 3 steps per epoch
-    _assert_batches_equal(full, stream(0, 10, prefetch=0))
+    assert_batches_equal(full, stream(0, 10, prefetch=0))
     for start in (1, 3, 5, 9):
-        _assert_batches_equal(full[start:], stream(start, 10 - start))
+        assert_batches_equal(full[start:], stream(start, 10 - start))
     t = time.time()
     far = stream(10**9 + 1, 1)[0]
     assert time.time() - t < 5  # O(1) skip-ahead, not 10^9 batches

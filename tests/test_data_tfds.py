@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 
+from tests.batches import assert_batches_equal, take
 from widesparse_jax import choices, data
 from widesparse_jax.data import imagenet
 from widesparse_jax.data import spec as spec_lib
@@ -20,19 +21,6 @@ tfds = pytest.importorskip("tensorflow_datasets")
 tf = pytest.importorskip("tensorflow")
 
 SMALL_IMAGENET = 32  # image_size used for ImageNet to keep the tests fast.
-
-
-def _take(it, n):
-    return [next(it) for _ in range(n)]
-
-
-def _assert_batches_equal(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for k in x:
-            assert x[k].dtype == y[k].dtype
-            np.testing.assert_array_equal(x[k], y[k])
 
 
 def _tfds_labels(name, split, n):
@@ -118,7 +106,7 @@ def test_crop_flip_content_through_pipeline():
 
         def stream(augment):
             s = dataclasses.replace(spec, augment=augment)
-            return _take(data.create_train_iterator(s, 16, 0, devices=data.DeviceLayout()), 4)
+            return take(data.create_train_iterator(s, 16, 0, devices=data.DeviceLayout()), 4)
 
         crop, flip = stream("crop"), stream("cifar_crop_flip")
     padded = np.pad(originals, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
@@ -158,7 +146,7 @@ def test_multiprocess_train_shards_compose_the_global_batch():
     with mock(40):
 
         def stream(devices):
-            return _take(data.create_train_iterator(spec, 8, 11, devices=devices, prefetch=0), 6)
+            return take(data.create_train_iterator(spec, 8, 11, devices=devices, prefetch=0), 6)
 
         single = stream(data.DeviceLayout())
         shards = [stream(d) for d in _layouts(2, 2)]
@@ -202,12 +190,12 @@ def test_imagenet_determinism_and_exact_resume():
     two = data.DeviceLayout(2, 0, 1)
 
     def stream(seed, n, start=0):
-        return _take(data.create_train_iterator(spec, 8, seed, start, two, prefetch=0), n)
+        return take(data.create_train_iterator(spec, 8, seed, start, two, prefetch=0), n)
 
     with mock(24):  # 3 steps per epoch
         full, again, resumed, other = stream(7, 7), stream(7, 7), stream(7, 3, 4), stream(8, 1)
-    _assert_batches_equal(full, again)
-    _assert_batches_equal(full[4:], resumed)
+    assert_batches_equal(full, again)
+    assert_batches_equal(full[4:], resumed)
     assert not np.array_equal(full[0]["image"], other[0]["image"])
     # Each epoch visits each example once (drop remainder: 24 = 3 * 8), reshuffled per epoch.
     epoch0 = np.concatenate([b["label"].reshape(-1) for b in full[:3]])
@@ -301,7 +289,7 @@ def test_prepared_imagenet_process_slices(tmp_path):
     assert labels == [[100, 101, 102], [103, 104, 105, 106]]
     # Train: process p reads train[6p:6p+6] (13 // 2 = 6 each, drop remainder), 3 steps of 2.
     for p, devices in enumerate(_layouts(2, 1)):
-        epochs = _take(data.create_train_iterator(spec, 4, 5, devices=devices), 6)
+        epochs = take(data.create_train_iterator(spec, 4, 5, devices=devices), 6)
         e0 = sorted(np.concatenate([b["label"][0] for b in epochs[:3]]).tolist())
         e1 = sorted(np.concatenate([b["label"][0] for b in epochs[3:]]).tolist())
         assert e0 == e1 == list(range(6 * p, 6 * p + 6))

@@ -10,9 +10,10 @@ import pytest
 
 from configs import default as default_config
 from configs import fashion_mnist_mlp
+from tests.markers import needs_fmnist
 from widesparse_jax import config as config_lib
 from widesparse_jax import masks as masks_lib
-from widesparse_jax import setup, tree
+from widesparse_jax import preflight, setup, tree
 
 MLP_INFO = types.SimpleNamespace(num_classes=10, image_shape=(28, 28, 1), num_train=1000)
 CIFAR_INFO = types.SimpleNamespace(num_classes=10, image_shape=(32, 32, 3), num_train=1280)
@@ -124,3 +125,25 @@ def test_sparse_mlp_update_keeps_masked_entries_zero():
     params = optax.apply_updates(state.params, updates)
     m = np.asarray(state.masks["fc"]["kernel"])
     assert np.all(np.asarray(params["fc"]["kernel"])[~m] == 0.0)
+
+
+@needs_fmnist
+def test_preflight_traces_the_model_init_once(tmp_path, monkeypatch):
+    """check_run's memory check and build_run share one abstract trace of the width-64
+    init (the base width's net is traced for its weight count); the Run is the one build_run
+    makes on its own (same shapes, order, masks)."""
+    widths = []
+    traced = setup.abstract_variables
+    monkeypatch.setattr(
+        setup,
+        "abstract_variables",
+        lambda model, shape: widths.append(model.width) or traced(model, shape),
+    )
+    cfg = mlp_config(64, 8)
+    run = preflight.check_run(cfg, str(tmp_path / "w"))
+    assert sorted(widths) == [8, 64]
+    alone = setup.build_run(cfg, MLP_INFO)
+    assert sorted(widths) == [8, 8, 64, 64]  # build_run alone traces the width-64 net itself
+    assert run.param_shapes == alone.param_shapes and run.order == alone.order
+    for a, b in zip(jax.tree.leaves(run.masks), jax.tree.leaves(alone.masks)):
+        np.testing.assert_array_equal(a, b)

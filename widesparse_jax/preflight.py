@@ -89,14 +89,18 @@ def dataset_info(config) -> data.DatasetInfo:
         raise ConfigError(f"config.dataset (name={d.name!r}, source={d.source!r}): {e}") from None
 
 
-def memory_estimate(model, input_shape: tuple, batch_per_device: int, dtype: str) -> tuple:
+def memory_estimate(
+    model, input_shape: tuple, batch_per_device: int, dtype: str, variables: dict | None = None
+) -> tuple:
     """``(num_params, bytes)``: a lower bound of a train step's device memory, from shapes.
 
     Parameters x (param + grad + momentum + mask) plus one copy of every module output of
     the forward pass for ``batch_per_device`` examples (kept for the backward pass).
+    ``variables``: ``setup.abstract_variables(model, input_shape)`` if traced already.
     """
     x = jax.ShapeDtypeStruct((batch_per_device, *input_shape), jnp.float32)
-    variables = setup.abstract_variables(model, input_shape)
+    if variables is None:
+        variables = setup.abstract_variables(model, input_shape)
 
     def forward(v, xb):
         return model.apply(
@@ -122,12 +126,15 @@ def device_memory() -> int | None:
         return None
 
 
-def check_memory(config, info) -> None:
-    """Refuses a model whose parameters + activations cannot fit in one device's memory."""
+def check_memory(config, info) -> dict:
+    """Refuses a model whose parameters + activations cannot fit in one device's memory.
+
+    Returns the model's ``setup.abstract_variables`` (``setup.build_run`` reuses them)."""
     m = config.model
     model = setup.build_model(m, info.num_classes, tuple(info.image_shape), axis_name=None)
+    variables = setup.abstract_variables(model, tuple(info.image_shape))
     per_device = max(1, config.train.batch_size // jax.device_count())
-    n_params, need = memory_estimate(model, tuple(info.image_shape), per_device, m.dtype)
+    n_params, need = memory_estimate(model, tuple(info.image_shape), per_device, m.dtype, variables)
     have = device_memory()
     if have is not None and need > have:
         raise ConfigError(
@@ -135,12 +142,13 @@ def check_memory(config, info) -> None:
             f"per device ({n_params:.3g} parameters, activations of {per_device} examples) but "
             f"the device has {have / 2**30:.1f} GiB: use a smaller model.width or train.batch_size"
         )
+    return variables
 
 
-def build_checked_run(config, info) -> setup.Run:
+def build_checked_run(config, info, variables: dict | None = None) -> setup.Run:
     """``setup.build_run``; its refusals (e.g. dense_layers naming no layer) as ConfigError."""
     try:
-        return setup.build_run(config, info)
+        return setup.build_run(config, info, variables=variables)
     except ConfigError:
         raise
     except (ValueError, KeyError) as e:
@@ -159,5 +167,7 @@ def check_run(config, workdir: str) -> setup.Run:
             f"config.train.batch_size={config.train.batch_size} is larger than the "
             f"{info.num_train} training examples: use a batch size <= {info.num_train}"
         )
-    check_memory(config, info)
-    return build_checked_run(config, info)
+    variables = check_memory(config, info)
+    # One trace of the model's init: build_run reuses the memory check's abstract variables
+    # when it will not resolve the config again (a resolved config is locked).
+    return build_checked_run(config, info, variables if config.is_locked else None)

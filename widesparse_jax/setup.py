@@ -216,6 +216,7 @@ def build_run(
     info: Any,
     *,
     axis_name: str | None = AXIS,
+    variables: dict | None = None,
 ) -> Run:
     """Everything static of a run, from its config and its dataset facts.
 
@@ -224,6 +225,8 @@ def build_run(
       info: dataset facts with ``num_classes``, ``image_shape`` (the model's input shape
         of one example) and ``num_train`` (examples trained on; None for a restore template).
       axis_name: BatchNorm's cross-device axis (``AXIS`` under pmap, None for a plain jit).
+      variables: ``abstract_variables`` of this config's model (``axis_name=None``) when the
+        caller traced them already (preflight's memory check); None: traced here.
     """
     if not config.is_locked:
         config = config_lib.resolve_config(config)
@@ -231,7 +234,8 @@ def build_run(
     num_classes = int(info.num_classes)
     model = build_model(config.model, num_classes, input_shape, axis_name=axis_name)
     plain = build_model(config.model, num_classes, input_shape, axis_name=None)
-    variables = abstract_variables(plain, input_shape)
+    if variables is None:
+        variables = abstract_variables(plain, input_shape)
     order = layer_order(plain, variables, input_shape)
     masks, plan = plan_masks(config, variables["params"], order, num_classes, input_shape)
     roles = mup_roles(order)
