@@ -11,7 +11,7 @@ import pytest
 
 import main
 from tests.markers import needs_fmnist
-from tests.test_train import small_mlp_config
+from tests.test_train import run_two_processes, small_mlp_config
 from widesparse_jax import checkpoint as ckpt_lib
 from widesparse_jax import integrity, restore, train
 
@@ -149,3 +149,39 @@ _MAIN_FLAGS = [
         }.items()
     ),
 ]
+
+
+# Two processes, checkpoints 4, 8, 12 (every step's global batch split over 4 devices).
+_TWO_PROCESS_FLAGS = [
+    "--config=configs/fashion_mnist_mlp.py",
+    "--config.model.width=64",
+    "--config.model.base_width=8",
+    "--config.dataset.train_subset=512",
+    "--config.train.batch_size=64",
+    "--config.train.num_train_steps=12",
+    "--config.train.log_every_steps=4",
+    "--config.train.checkpoint_every_steps=4",
+    "--config.train.max_checkpoints_to_keep=5",
+    "--config.train.eval_batch_size=1000",
+]
+
+
+@needs_fmnist
+def test_two_processes_resume_from_the_same_intact_step(tmp_path):
+    """Multi-host: the newest step is damaged; both processes resume from the same intact
+    step (process 0 decides), only process 0 moves the damaged step aside, and the run ends
+    bitwise equal to the uninterrupted one."""
+    run_two_processes(tmp_path, _TWO_PROCESS_FLAGS)
+    reference = _params(tmp_path)
+    _flip(_largest_file(tmp_path / "checkpoints" / "12" / "state"))
+    outs = run_two_processes(tmp_path, _TWO_PROCESS_FLAGS)
+    for _, err in outs:
+        assert "resumed from step 8" in err, err[-3000:]
+    assert "moved damaged checkpoint" in outs[0][1]
+    assert "moved damaged checkpoint" not in outs[1][1]
+    assert "fails verification" not in outs[1][1]  # process 1 trusts process 0's verdict
+    assert os.listdir(tmp_path / ckpt_lib.CORRUPT_DIR) == ["12"]
+    summary = json.loads(outs[0][0][outs[0][0].index("{") :])
+    assert summary["steps_this_session"] == 4 and summary["step"] == 12
+    for a, b in zip(_params(tmp_path), reference, strict=True):
+        np.testing.assert_array_equal(a, b)
