@@ -166,6 +166,36 @@ _TWO_PROCESS_FLAGS = [
 ]
 
 
+def _none_intact():
+    raise ckpt_lib.CheckpointCorruptError("no intact checkpoint in /w/checkpoints")
+
+
+def _never():
+    raise AssertionError("only process 0 verifies")
+
+
+@pytest.mark.parametrize("verdict", [lambda: 12, lambda: None, _none_intact])
+def test_every_process_gets_process_0s_resume_step(verdict):
+    """The decision of Checkpointer.intact_step, with the broadcast as a channel between a
+    process 0 and a process 1 (that never verifies, so cannot disagree)."""
+    sent = []
+
+    def outcome(local_verdict, is_primary, broadcast):
+        try:
+            return ckpt_lib.agree(local_verdict, is_primary, broadcast)
+        except ckpt_lib.CheckpointCorruptError as e:
+            return f"error: {e}"
+
+    on_0 = outcome(verdict, True, lambda code: sent.append(code) or code)
+    on_1 = outcome(_never, False, lambda code: sent[0])
+    assert len(sent) == 1  # process 0 sends its verdict even when it then raises
+    assert on_0 == outcome(verdict, True, None)  # a single process: the same, no broadcast
+    assert (on_1 == on_0) if not str(on_0).startswith("error") else on_1.startswith("error")
+    if verdict is _none_intact:
+        assert "no intact checkpoint in /w" in on_0 and "process 0 found no intact" in on_1
+
+
+@pytest.mark.slow  # two 2-process runs: about 50 s on a quiet machine, 150 s on a busy one
 @needs_fmnist
 def test_two_processes_resume_from_the_same_intact_step(tmp_path):
     """Multi-host: the newest step is damaged; both processes resume from the same intact

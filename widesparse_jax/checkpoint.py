@@ -18,7 +18,8 @@ it; a damaged one (flipped bytes, truncated, garbage or missing files, no manife
 its meta says it was written with one) is reported by path and skipped: the run resumes
 from the newest intact step and, once past the fingerprint check, process 0 moves the damaged
 newer steps to ``WORKDIR/checkpoints_corrupt/`` (nothing is deleted). No intact step at
-all raises :class:`CheckpointCorruptError`.
+all raises :class:`CheckpointCorruptError`. Multi-host: only process 0 verifies and moves;
+its verdict is broadcast (:func:`agree`), so every process resumes the same step.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import os
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -106,6 +108,7 @@ class Checkpointer:
             item_names=("state", "meta"),
         )
         self._problems: dict[int, str | None] = {}  # verification results, by step
+        self._intact: int | None | object = _UNSET  # intact_step(), agreed by all processes
 
     def latest_step(self) -> int | None:
         """The newest step on disk (intact or not); see :meth:`intact_step`."""
@@ -132,8 +135,21 @@ class Checkpointer:
     def intact_step(self) -> int | None:
         """The newest step that passes verification; None when there is no checkpoint.
 
-        Raises CheckpointCorruptError when there are checkpoints but none is intact.
+        Multi-host: process 0 verifies and broadcasts its verdict, so every process resumes
+        the same step (see :func:`agree`); the others trust it without re-hashing. Cached
+        until the next save. Raises CheckpointCorruptError when none is intact.
         """
+        if self._intact is _UNSET:
+            multi = jax.process_count() > 1
+            step = agree(
+                self._local_intact_step, jax.process_index() == 0, _broadcast if multi else None
+            )
+            if step is not None:
+                self._problems.setdefault(step, None)  # process 0 verified it
+            self._intact = step
+        return self._intact
+
+    def _local_intact_step(self) -> int | None:
         steps = sorted(self._manager.all_steps(), reverse=True)
         for step in steps:
             if self.problem(step) is None:
@@ -152,17 +168,17 @@ class Checkpointer:
         Called once the resume is accepted, so that the run can write those steps again.
         Process 0 moves; every process then re-reads the step list. Returns the new paths.
         """
-        bad = [s for s in self._manager.all_steps() if step is None or s > step]
         moved = []
-        if jax.process_index() == 0:
-            for s in sorted(bad):
+        if jax.process_index() == 0:  # only process 0 looks: the others may list other steps
+            for s in sorted(s for s in self._manager.all_steps() if step is None or s > step):
                 moved.append(_move_aside(self.step_dir(s), os.path.dirname(self.directory)))
                 logging.warning("moved damaged checkpoint %s to %s", self.step_dir(s), moved[-1])
-        if bad and jax.process_count() > 1:
+        if jax.process_count() > 1:  # every process, whatever it moved: no one waits alone
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("checkpoint_set_aside")
-        if bad:
+            self._manager.reload()
+        elif moved:
             self._manager.reload()
         return moved
 
@@ -241,10 +257,53 @@ class Checkpointer:
         if jax.process_index() == 0:  # orbax has committed every process's files
             integrity.write_manifest(self.step_dir(step))
         self._problems.pop(int(step), None)
+        self._intact = _UNSET
 
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+_UNSET = object()
+_NO_CHECKPOINT, _NONE_INTACT = -1, -2  # broadcast codes besides a step number
+
+
+def _broadcast(code: int) -> int:
+    """Process 0's ``code`` on every process (a collective: every process must call it)."""
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(code)))
+
+
+def agree(local_verdict, is_primary: bool, broadcast) -> int | None:
+    """Process 0's resume step on every process: the decision of :meth:`Checkpointer.intact_step`.
+
+    Args:
+      local_verdict: ``() -> step | None``, may raise CheckpointCorruptError; called on
+        process 0 only (the others would hash the same shared files and could, on a lagging
+        or caching file system, see another verdict: a deadlock or a diverged run).
+      is_primary: True on process 0.
+      broadcast: ``code -> process 0's code`` (a collective), or None for a single process.
+    Returns:
+      the step every process restores, or None (no checkpoint). Raises
+      CheckpointCorruptError on every process when process 0 found none intact.
+    """
+    code, error = _NONE_INTACT, None
+    if is_primary:
+        try:
+            step = local_verdict()
+            code = _NO_CHECKPOINT if step is None else int(step)
+        except CheckpointCorruptError as e:
+            error = e
+    if broadcast is not None:
+        code = broadcast(code)  # process 0 sends even when it is about to raise
+    if error is not None:
+        raise error
+    if code == _NONE_INTACT:
+        raise CheckpointCorruptError(
+            "process 0 found no intact checkpoint (its log names each damaged step)"
+        )
+    return None if code == _NO_CHECKPOINT else code
 
 
 def _move_aside(step_dir: str, workdir: str) -> str:
