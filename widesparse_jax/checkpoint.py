@@ -33,10 +33,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from widesparse_jax import integrity
+from widesparse_jax import integrity, sanity
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"  # damaged steps are moved here, never deleted
+DIVERGED_DIR = "checkpoints_diverged"  # steps newer than the newest sane one, after a divergence
 CONFIG_FILE = "config.json"
 _META_FILE = os.path.join("meta", "metadata")  # where orbax's JsonSave puts the meta item
 
@@ -89,7 +90,8 @@ class Checkpointer:
       workdir: the run directory; checkpoints go to ``workdir/checkpoints``.
       fingerprint: JSON-able dict of everything that must match to resume (model, width,
         masks seed, dataset, ...). A checkpoint with a different fingerprint is refused.
-      max_to_keep: number of checkpoints kept on disk.
+      max_to_keep: number of checkpoints kept on disk, besides the newest sane one.
+      sane_loss_factor: ``config.train.sane_loss_factor`` (``widesparse_jax.sanity``).
     """
 
     def __init__(
@@ -98,13 +100,18 @@ class Checkpointer:
         fingerprint: Mapping[str, Any],
         max_to_keep: int = 2,
         may_differ: tuple = (),
+        sane_loss_factor: float = sanity.DEFAULT_FACTOR,
     ):
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
         self.fingerprint = dict(fingerprint)
         self.may_differ = tuple(may_differ)  # fingerprint keys allowed to change (e.g. 'lr')
+        self.health = sanity.Health(sane_loss_factor)  # fed by the loop: Health.observe
+        keep = ocp.checkpoint_managers.AnyPreservationPolicy(
+            [ocp.checkpoint_managers.LatestN(n=max_to_keep), sanity.KeepNewestSane(self.health)]
+        )
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(preservation_policy=keep, create=True),
             item_names=("state", "meta"),
         )
         self._problems: dict[int, str | None] = {}  # verification results, by step
@@ -241,11 +248,15 @@ class Checkpointer:
                 f"checkpoint step {step} in {self.directory} does not match this run's state "
                 f"structure (corrupt, or written by another version): {e}"
             ) from e
-        return restored["state"], dict(restored["meta"])
+        meta = dict(restored["meta"])
+        self.health.load(meta.get("sanity"))
+        self.health.watch(step)  # the next train step's loss judges its weights
+        return restored["state"], meta
 
     def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
         """Saves ``state`` (host pytree) and ``meta`` (JSON-able) at ``step``; blocks until written."""
         meta = dict(meta, fingerprint=self.fingerprint, step=int(step), integrity=integrity.FORMAT)
+        meta["sanity"] = self.health.to_meta(self.all_steps())
         self._manager.save(
             int(step),
             args=ocp.args.Composite(
@@ -258,6 +269,38 @@ class Checkpointer:
             integrity.write_manifest(self.step_dir(step))
         self._problems.pop(int(step), None)
         self._intact = _UNSET
+        self.health.watch(step)
+
+    def set_aside_diverged(self) -> str:
+        """After a divergence: names the newest sane checkpoint and (process 0) moves every
+        newer step to ``WORKDIR/checkpoints_diverged/``, so that a resume starts from it.
+
+        Returns the sentences for the divergence message. Nothing is moved when no
+        checkpoint is sane (nothing to resume) or the newest one is.
+        """
+        steps = self.all_steps()
+        if not steps:
+            return "No checkpoint was written yet (the run diverged before its first one)."
+        h = self.health
+        newest = h.newest_sane(steps)
+        judged = "; ".join(h.describe(s) for s in steps)
+        rule = h.rule()
+        if newest is None:
+            return (
+                f"No checkpoint in {self.directory} holds sane weights (the loss computed with "
+                f"its weights must be {rule}; {judged}). Start again with a lower lr."
+            )
+        newer = [s for s in steps if s > newest]
+        note = f"The newest checkpoint with sane weights is step {newest} in {self.directory}"
+        note += f" (the loss computed with its weights is {rule}; {judged})."
+        if newer and jax.process_index() == 0:
+            workdir = os.path.dirname(self.directory)
+            moved = [_move_aside(self.step_dir(s), workdir, DIVERGED_DIR) for s in newer]
+            note += f" Moved the newer steps {newer} to {os.path.dirname(moved[0])}."
+        return note + (
+            " Nothing non-finite was saved; resume from it with a lower lr: "
+            "--resume_diverged --config.optimizer.lr=<lower>."
+        )
 
     def close(self) -> None:
         self._manager.wait_until_finished()
@@ -306,9 +349,9 @@ def agree(local_verdict, is_primary: bool, broadcast) -> int | None:
     return None if code == _NO_CHECKPOINT else code
 
 
-def _move_aside(step_dir: str, workdir: str) -> str:
-    """Moves ``step_dir`` into ``workdir/checkpoints_corrupt/`` (a free name); the new path."""
-    target_root = os.path.join(workdir, CORRUPT_DIR)
+def _move_aside(step_dir: str, workdir: str, into: str = CORRUPT_DIR) -> str:
+    """Moves ``step_dir`` into ``workdir/into/`` (a free name there); the new path."""
+    target_root = os.path.join(workdir, into)
     os.makedirs(target_root, exist_ok=True)
     name, n = os.path.basename(step_dir), 0
     target = os.path.join(target_root, name)
