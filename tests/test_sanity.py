@@ -56,7 +56,7 @@ def test_no_sane_checkpoint_is_said_and_nothing_moves(tmp_path):
     ckpt, _ = _run(tmp_path, [2.3, 1e5, float("nan")])
     note = ckpt.set_aside_diverged()
     assert "No checkpoint" in note and "holds sane weights" in note
-    assert "step 2: loss nan too large" in note and "resume_diverged" not in note
+    assert "step 2: loss nan non-finite" in note and "resume_diverged" not in note
     assert not (tmp_path / ckpt_lib.DIVERGED_DIR).exists()
     assert ckpt.all_steps() == [2, 3]
     ckpt.close()

@@ -203,7 +203,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     c.optimizer.schedule = "constant"
     with pytest.raises(FloatingPointError, match="non-finite") as e:
         train.train_and_evaluate(c, str(tmp_path))
-    assert "last finite checkpoint is step" in str(e.value)
+    assert "holds sane weights" in str(e.value)  # lr=1e12: not even step 1 is sane
     variables, _, _ = restore.load_variables(str(tmp_path))
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
 

@@ -64,8 +64,10 @@ class Health:
 
     def describe(self, step: int) -> str:
         """'step 5: loss 2.1 ok', '... too large', or '... not judged' (loss not seen)."""
-        verdict = {True: "ok", False: "too large", None: "not judged"}[self.sane(step)]
         loss = self.losses.get(int(step))
+        verdict = {True: "ok", False: "too large", None: "not judged"}[self.sane(step)]
+        if loss is not None and not math.isfinite(loss):
+            verdict = "non-finite"
         return f"step {step}: " + (verdict if loss is None else f"loss {loss:.4g} {verdict}")
 
     def rule(self) -> str:
