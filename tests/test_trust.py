@@ -74,25 +74,25 @@ def test_divergence_names_and_resumes_the_newest_sane_checkpoint(tmp_path):
     loss turns non-finite. The error names the newest checkpoint whose weights gave a sane
     loss (not the newest finite one), the newer steps are moved aside, and --resume_diverged
     with a sane lr trains on from it."""
-    c = small_mlp_config(num_train_steps=5, checkpoint_every_steps=1, log_every_steps=1)
+    c = small_mlp_config(num_train_steps=3, checkpoint_every_steps=3, log_every_steps=1)
     c.optimizer.schedule = "constant"
     train.train_and_evaluate(c, str(tmp_path))
-    sane, _, _ = restore.load_variables(str(tmp_path))  # step 5
-    c.train.num_train_steps, c.optimizer.lr = 30, 1e6
+    sane, _, _ = restore.load_variables(str(tmp_path))  # step 3
+    c.train.num_train_steps, c.train.checkpoint_every_steps, c.optimizer.lr = 15, 1, 1e6
     with pytest.raises(FloatingPointError, match="non-finite") as e:
         train.train_and_evaluate(c, str(tmp_path), resume_diverged=True)
     message = str(e.value)
-    assert "newest checkpoint with sane weights is step 5" in message, message
-    assert "too large" in message  # the finite checkpoints after step 5 are judged insane
+    assert "newest checkpoint with sane weights is step 3" in message, message
+    assert "too large" in message  # the finite checkpoints after step 3 are judged insane
     moved = sorted(int(s) for s in os.listdir(tmp_path / ckpt_lib.DIVERGED_DIR))
-    assert moved and min(moved) > 5, moved  # set aside, not deleted (older ones rotated out)
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["5"]  # kept through the rotation
-    variables, _, _ = restore.load_variables(str(tmp_path))  # the newest on disk: step 5
+    assert moved and min(moved) > 3, moved  # set aside, not deleted (older ones rotated out)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]  # kept through the rotation
+    variables, _, _ = restore.load_variables(str(tmp_path))  # the newest on disk: step 3
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(sane), strict=True):
         np.testing.assert_array_equal(a, b)
-    c.optimizer.lr = 0.05
+    c.train.num_train_steps, c.train.checkpoint_every_steps, c.optimizer.lr = 8, 100, 0.05
     summary = train.train_and_evaluate(c, str(tmp_path), resume_diverged=True)
-    assert summary["steps_this_session"] == 25
+    assert summary["steps_this_session"] == 5
     losses = [r["train_loss"] for r in metrics_lib.read_metrics(str(tmp_path)) if "train_loss" in r]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 
