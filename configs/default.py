@@ -111,4 +111,7 @@ def _train(config: ml_collections.ConfigDict) -> None:
     config.train.log_every_steps = 100
     config.train.checkpoint_every_steps = 1000
     config.train.max_checkpoints_to_keep = 2
+    # A checkpoint is "sane" (kept, resumed after a divergence) while the loss computed with
+    # its weights is finite and <= this x the run's first loss (docs/trust.md).
+    config.train.sane_loss_factor = 100.0
     config.train.prefetch = 2

@@ -11,7 +11,7 @@ import pytest
 
 import main
 from tests.markers import needs_fmnist
-from tests.test_train import small_mlp_config
+from tests.test_train import run_two_processes, small_mlp_config
 from widesparse_jax import checkpoint as ckpt_lib
 from widesparse_jax import integrity, restore, train
 
@@ -149,3 +149,69 @@ _MAIN_FLAGS = [
         }.items()
     ),
 ]
+
+
+# Two processes, checkpoints 4, 8, 12 (every step's global batch split over 4 devices).
+_TWO_PROCESS_FLAGS = [
+    "--config=configs/fashion_mnist_mlp.py",
+    "--config.model.width=64",
+    "--config.model.base_width=8",
+    "--config.dataset.train_subset=512",
+    "--config.train.batch_size=64",
+    "--config.train.num_train_steps=12",
+    "--config.train.log_every_steps=4",
+    "--config.train.checkpoint_every_steps=4",
+    "--config.train.max_checkpoints_to_keep=5",
+    "--config.train.eval_batch_size=1000",
+]
+
+
+def _none_intact():
+    raise ckpt_lib.CheckpointCorruptError("no intact checkpoint in /w/checkpoints")
+
+
+def _never():
+    raise AssertionError("only process 0 verifies")
+
+
+@pytest.mark.parametrize("verdict", [lambda: 12, lambda: None, _none_intact])
+def test_every_process_gets_process_0s_resume_step(verdict):
+    """The decision of Checkpointer.intact_step, with the broadcast as a channel between a
+    process 0 and a process 1 (that never verifies, so cannot disagree)."""
+    sent = []
+
+    def outcome(local_verdict, is_primary, broadcast):
+        try:
+            return ckpt_lib.agree(local_verdict, is_primary, broadcast)
+        except ckpt_lib.CheckpointCorruptError as e:
+            return f"error: {e}"
+
+    on_0 = outcome(verdict, True, lambda code: sent.append(code) or code)
+    on_1 = outcome(_never, False, lambda code: sent[0])
+    assert len(sent) == 1  # process 0 sends its verdict even when it then raises
+    assert on_0 == outcome(verdict, True, None)  # a single process: the same, no broadcast
+    assert (on_1 == on_0) if not str(on_0).startswith("error") else on_1.startswith("error")
+    if verdict is _none_intact:
+        assert "no intact checkpoint in /w" in on_0 and "process 0 found no intact" in on_1
+
+
+@pytest.mark.slow  # two 2-process runs: about 50 s on a quiet machine, 150 s on a busy one
+@needs_fmnist
+def test_two_processes_resume_from_the_same_intact_step(tmp_path):
+    """Multi-host: the newest step is damaged; both processes resume from the same intact
+    step (process 0 decides), only process 0 moves the damaged step aside, and the run ends
+    bitwise equal to the uninterrupted one."""
+    run_two_processes(tmp_path, _TWO_PROCESS_FLAGS)
+    reference = _params(tmp_path)
+    _flip(_largest_file(tmp_path / "checkpoints" / "12" / "state"))
+    outs = run_two_processes(tmp_path, _TWO_PROCESS_FLAGS)
+    for _, err in outs:
+        assert "resumed from step 8" in err, err[-3000:]
+    assert "moved damaged checkpoint" in outs[0][1]
+    assert "moved damaged checkpoint" not in outs[1][1]
+    assert "fails verification" not in outs[1][1]  # process 1 trusts process 0's verdict
+    assert os.listdir(tmp_path / ckpt_lib.CORRUPT_DIR) == ["12"]
+    summary = json.loads(outs[0][0][outs[0][0].index("{") :])
+    assert summary["steps_this_session"] == 4 and summary["step"] == 12
+    for a, b in zip(_params(tmp_path), reference, strict=True):
+        np.testing.assert_array_equal(a, b)

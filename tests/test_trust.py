@@ -17,6 +17,7 @@ from tests.test_train import small_mlp_config
 from widesparse_jax import checkpoint as ckpt_lib
 from widesparse_jax import config as config_lib
 from widesparse_jax import lock as lock_lib
+from widesparse_jax import metrics as metrics_lib
 from widesparse_jax import restore, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,23 +69,32 @@ def test_fingerprint_covers_trajectory_settings():
 
 
 @needs_fmnist
-def test_divergence_checks_params_and_names_last_finite_checkpoint(tmp_path):
-    """Defect 2: lr=1e6 diverges in the weights before the loss; no checkpoint holds
-    non-finite values, and the message never says 'step None'."""
-    c = small_mlp_config(num_train_steps=30, checkpoint_every_steps=1, log_every_steps=1)
-    c.optimizer.lr = 1e6
+def test_divergence_names_and_resumes_the_newest_sane_checkpoint(tmp_path):
+    """Defect 2: lr=1e6 (checkpoint every step) makes finite but huge weights before the
+    loss turns non-finite. The error names the newest checkpoint whose weights gave a sane
+    loss (not the newest finite one), the newer steps are moved aside, and --resume_diverged
+    with a sane lr trains on from it."""
+    c = small_mlp_config(num_train_steps=3, checkpoint_every_steps=3, log_every_steps=1)
     c.optimizer.schedule = "constant"
+    train.train_and_evaluate(c, str(tmp_path))
+    sane, _, _ = restore.load_variables(str(tmp_path))  # step 3
+    c.train.num_train_steps, c.train.checkpoint_every_steps, c.optimizer.lr = 15, 1, 1e6
     with pytest.raises(FloatingPointError, match="non-finite") as e:
-        train.train_and_evaluate(c, str(tmp_path))
-    assert "None" not in str(e.value)
-    ckpt_dir = tmp_path / "checkpoints"
-    steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
-    if steps:
-        assert f"step {steps[-1]}" in str(e.value)
-        variables, _, _ = restore.load_variables(str(tmp_path))
-        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
-    else:
-        assert "no checkpoint was written yet" in str(e.value)
+        train.train_and_evaluate(c, str(tmp_path), resume_diverged=True)
+    message = str(e.value)
+    assert "newest checkpoint with sane weights is step 3" in message, message
+    assert "too large" in message  # the finite checkpoints after step 3 are judged insane
+    moved = sorted(int(s) for s in os.listdir(tmp_path / ckpt_lib.DIVERGED_DIR))
+    assert moved and min(moved) > 3, moved  # set aside, not deleted (older ones rotated out)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"]  # kept through the rotation
+    variables, _, _ = restore.load_variables(str(tmp_path))  # the newest on disk: step 3
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(sane), strict=True):
+        np.testing.assert_array_equal(a, b)
+    c.train.num_train_steps, c.train.checkpoint_every_steps, c.optimizer.lr = 8, 100, 0.05
+    summary = train.train_and_evaluate(c, str(tmp_path), resume_diverged=True)
+    assert summary["steps_this_session"] == 5
+    losses = [r["train_loss"] for r in metrics_lib.read_metrics(str(tmp_path)) if "train_loss" in r]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
 _HOLDER = """

@@ -18,7 +18,8 @@ it; a damaged one (flipped bytes, truncated, garbage or missing files, no manife
 its meta says it was written with one) is reported by path and skipped: the run resumes
 from the newest intact step and, once past the fingerprint check, process 0 moves the damaged
 newer steps to ``WORKDIR/checkpoints_corrupt/`` (nothing is deleted). No intact step at
-all raises :class:`CheckpointCorruptError`.
+all raises :class:`CheckpointCorruptError`. Multi-host: only process 0 verifies and moves;
+its verdict is broadcast (:func:`agree`), so every process resumes the same step.
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ import os
 from typing import Any, Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from widesparse_jax import integrity
+from widesparse_jax import integrity, sanity
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"  # damaged steps are moved here, never deleted
+DIVERGED_DIR = "checkpoints_diverged"  # steps newer than the newest sane one, after a divergence
 CONFIG_FILE = "config.json"
 _META_FILE = os.path.join("meta", "metadata")  # where orbax's JsonSave puts the meta item
 
@@ -87,7 +90,8 @@ class Checkpointer:
       workdir: the run directory; checkpoints go to ``workdir/checkpoints``.
       fingerprint: JSON-able dict of everything that must match to resume (model, width,
         masks seed, dataset, ...). A checkpoint with a different fingerprint is refused.
-      max_to_keep: number of checkpoints kept on disk.
+      max_to_keep: number of checkpoints kept on disk, besides the newest sane one.
+      sane_loss_factor: ``config.train.sane_loss_factor`` (``widesparse_jax.sanity``).
     """
 
     def __init__(
@@ -96,16 +100,22 @@ class Checkpointer:
         fingerprint: Mapping[str, Any],
         max_to_keep: int = 2,
         may_differ: tuple = (),
+        sane_loss_factor: float = sanity.DEFAULT_FACTOR,
     ):
         self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
         self.fingerprint = dict(fingerprint)
         self.may_differ = tuple(may_differ)  # fingerprint keys allowed to change (e.g. 'lr')
+        self.health = sanity.Health(sane_loss_factor)  # fed by the loop: Health.observe
+        keep = ocp.checkpoint_managers.AnyPreservationPolicy(
+            [ocp.checkpoint_managers.LatestN(n=max_to_keep), sanity.KeepNewestSane(self.health)]
+        )
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(preservation_policy=keep, create=True),
             item_names=("state", "meta"),
         )
         self._problems: dict[int, str | None] = {}  # verification results, by step
+        self._intact: int | None | object = _UNSET  # intact_step(), agreed by all processes
 
     def latest_step(self) -> int | None:
         """The newest step on disk (intact or not); see :meth:`intact_step`."""
@@ -132,8 +142,21 @@ class Checkpointer:
     def intact_step(self) -> int | None:
         """The newest step that passes verification; None when there is no checkpoint.
 
-        Raises CheckpointCorruptError when there are checkpoints but none is intact.
+        Multi-host: process 0 verifies and broadcasts its verdict, so every process resumes
+        the same step (see :func:`agree`); the others trust it without re-hashing. Cached
+        until the next save. Raises CheckpointCorruptError when none is intact.
         """
+        if self._intact is _UNSET:
+            multi = jax.process_count() > 1
+            step = agree(
+                self._local_intact_step, jax.process_index() == 0, _broadcast if multi else None
+            )
+            if step is not None:
+                self._problems.setdefault(step, None)  # process 0 verified it
+            self._intact = step
+        return self._intact
+
+    def _local_intact_step(self) -> int | None:
         steps = sorted(self._manager.all_steps(), reverse=True)
         for step in steps:
             if self.problem(step) is None:
@@ -152,17 +175,17 @@ class Checkpointer:
         Called once the resume is accepted, so that the run can write those steps again.
         Process 0 moves; every process then re-reads the step list. Returns the new paths.
         """
-        bad = [s for s in self._manager.all_steps() if step is None or s > step]
         moved = []
-        if jax.process_index() == 0:
-            for s in sorted(bad):
+        if jax.process_index() == 0:  # only process 0 looks: the others may list other steps
+            for s in sorted(s for s in self._manager.all_steps() if step is None or s > step):
                 moved.append(_move_aside(self.step_dir(s), os.path.dirname(self.directory)))
                 logging.warning("moved damaged checkpoint %s to %s", self.step_dir(s), moved[-1])
-        if bad and jax.process_count() > 1:
+        if jax.process_count() > 1:  # every process, whatever it moved: no one waits alone
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("checkpoint_set_aside")
-        if bad:
+            self._manager.reload()
+        elif moved:
             self._manager.reload()
         return moved
 
@@ -225,11 +248,15 @@ class Checkpointer:
                 f"checkpoint step {step} in {self.directory} does not match this run's state "
                 f"structure (corrupt, or written by another version): {e}"
             ) from e
-        return restored["state"], dict(restored["meta"])
+        meta = dict(restored["meta"])
+        self.health.load(meta.get("sanity"))
+        self.health.watch(step)  # the next train step's loss judges its weights
+        return restored["state"], meta
 
     def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
         """Saves ``state`` (host pytree) and ``meta`` (JSON-able) at ``step``; blocks until written."""
         meta = dict(meta, fingerprint=self.fingerprint, step=int(step), integrity=integrity.FORMAT)
+        meta["sanity"] = self.health.to_meta(self.all_steps())
         self._manager.save(
             int(step),
             args=ocp.args.Composite(
@@ -241,15 +268,90 @@ class Checkpointer:
         if jax.process_index() == 0:  # orbax has committed every process's files
             integrity.write_manifest(self.step_dir(step))
         self._problems.pop(int(step), None)
+        self._intact = _UNSET
+        self.health.watch(step)
+
+    def set_aside_diverged(self) -> str:
+        """After a divergence: names the newest sane checkpoint and (process 0) moves every
+        newer step to ``WORKDIR/checkpoints_diverged/``, so that a resume starts from it.
+
+        Returns the sentences for the divergence message. Nothing is moved when no
+        checkpoint is sane (nothing to resume) or the newest one is.
+        """
+        steps = self.all_steps()
+        if not steps:
+            return "No checkpoint was written yet (the run diverged before its first one)."
+        h = self.health
+        newest = h.newest_sane(steps)
+        judged = "; ".join(h.describe(s) for s in steps)
+        rule = h.rule()
+        if newest is None:
+            return (
+                f"No checkpoint in {self.directory} holds sane weights (the loss computed with "
+                f"its weights must be {rule}; {judged}). Start again with a lower lr."
+            )
+        newer = [s for s in steps if s > newest]
+        note = f"The newest checkpoint with sane weights is step {newest} in {self.directory}"
+        note += f" (the loss computed with its weights is {rule}; {judged})."
+        if newer and jax.process_index() == 0:
+            workdir = os.path.dirname(self.directory)
+            moved = [_move_aside(self.step_dir(s), workdir, DIVERGED_DIR) for s in newer]
+            note += f" Moved the newer steps {newer} to {os.path.dirname(moved[0])}."
+        return note + (
+            " Nothing non-finite was saved; resume from it with a lower lr: "
+            "--resume_diverged --config.optimizer.lr=<lower>."
+        )
 
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
 
 
-def _move_aside(step_dir: str, workdir: str) -> str:
-    """Moves ``step_dir`` into ``workdir/checkpoints_corrupt/`` (a free name); the new path."""
-    target_root = os.path.join(workdir, CORRUPT_DIR)
+_UNSET = object()
+_NO_CHECKPOINT, _NONE_INTACT = -1, -2  # broadcast codes besides a step number
+
+
+def _broadcast(code: int) -> int:
+    """Process 0's ``code`` on every process (a collective: every process must call it)."""
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(code)))
+
+
+def agree(local_verdict, is_primary: bool, broadcast) -> int | None:
+    """Process 0's resume step on every process: the decision of :meth:`Checkpointer.intact_step`.
+
+    Args:
+      local_verdict: ``() -> step | None``, may raise CheckpointCorruptError; called on
+        process 0 only (the others would hash the same shared files and could, on a lagging
+        or caching file system, see another verdict: a deadlock or a diverged run).
+      is_primary: True on process 0.
+      broadcast: ``code -> process 0's code`` (a collective), or None for a single process.
+    Returns:
+      the step every process restores, or None (no checkpoint). Raises
+      CheckpointCorruptError on every process when process 0 found none intact.
+    """
+    code, error = _NONE_INTACT, None
+    if is_primary:
+        try:
+            step = local_verdict()
+            code = _NO_CHECKPOINT if step is None else int(step)
+        except CheckpointCorruptError as e:
+            error = e
+    if broadcast is not None:
+        code = broadcast(code)  # process 0 sends even when it is about to raise
+    if error is not None:
+        raise error
+    if code == _NONE_INTACT:
+        raise CheckpointCorruptError(
+            "process 0 found no intact checkpoint (its log names each damaged step)"
+        )
+    return None if code == _NO_CHECKPOINT else code
+
+
+def _move_aside(step_dir: str, workdir: str, into: str = CORRUPT_DIR) -> str:
+    """Moves ``step_dir`` into ``workdir/into/`` (a free name there); the new path."""
+    target_root = os.path.join(workdir, into)
     os.makedirs(target_root, exist_ok=True)
     name, n = os.path.basename(step_dir), 0
     target = os.path.join(target_root, name)

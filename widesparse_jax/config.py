@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from widesparse_jax import choices
+from widesparse_jax import choices, sanity
 from widesparse_jax.data.spec import DataSpec
 
 if TYPE_CHECKING:
@@ -261,6 +261,14 @@ def _check_train(e: _Errors, t) -> None:
         e.positive_int(f"train.{field}", t[field])
     e.positive_int("train.max_checkpoints_to_keep", t.max_checkpoints_to_keep)
     e.positive_int("train.prefetch", t.prefetch, minimum=0)
+    f = t.get("sane_loss_factor", sanity.DEFAULT_FACTOR)
+    e.check(
+        _is_number(f) and math.isfinite(f) and f > 1,
+        "train.sane_loss_factor",
+        f,
+        "a finite number > 1 (a checkpoint is sane while the loss with its weights is at most "
+        "this times the run's first loss)",
+    )
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -292,6 +300,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     if config.sparsity.mask_seed is None:
         config.sparsity.mask_seed = config.train.seed
     config.sparsity.dense_layers = tuple(config.sparsity.dense_layers)
+    if "sane_loss_factor" not in config.train:  # a config (or config.json) that predates it
+        config.train.sane_loss_factor = sanity.DEFAULT_FACTOR
     config.optimizer.milestones = tuple(config.optimizer.milestones)
     config.lock()
     return config

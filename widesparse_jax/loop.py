@@ -35,16 +35,8 @@ _p_all_finite = jax.pmap(_all_finite)
 
 
 def _divergence_message(step: int, what: str, ckpt: ckpt_lib.Checkpointer) -> str:
-    last = ckpt.latest_step()
-    where = (
-        f"the last finite checkpoint is step {last} in {ckpt.directory}"
-        if last is not None
-        else "no checkpoint was written yet (the run diverged before its first one)"
-    )
-    return (
-        f"non-finite {what} at step {step}; stopping. {where}. Nothing non-finite was saved; "
-        "resume from it with a lower lr: --resume_diverged --config.optimizer.lr=<lower>."
-    )
+    # names the newest checkpoint with sane weights and moves the newer ones aside
+    return f"non-finite {what} at step {step}; stopping. {ckpt.set_aside_diverged()}"
 
 
 def _check_finite(step: int, values: dict, ckpt: ckpt_lib.Checkpointer) -> None:
@@ -114,8 +106,11 @@ class Loop:
 
     def flush(self, step: int) -> None:
         """Pulls pending step metrics to the host, in order (float64 sums)."""
-        for m in jax.device_get([jax.tree.map(lambda x: x[0], p) for p in self.pending]):
+        host = jax.device_get([jax.tree.map(lambda x: x[0], p) for p in self.pending])
+        first = step - len(host)  # 0-based index of the first pending train step
+        for i, m in enumerate(host):
             loss, acc = float(m["loss"]), float(m["accuracy"])
+            self.ckpt.health.observe(first + i, loss)  # judges the checkpoint of step first+i
             _check_finite(step, {"loss": loss}, self.ckpt)
             self.progress.add_step(loss, acc)
         self.pending = []

@@ -29,7 +29,10 @@ def load_variables(workdir: str, step: int | None = None):
     template = setup.state_template(
         config, data.static_info(data.DataSpec.from_config(config.dataset))
     )
-    ckpt = checkpoint.Checkpointer(workdir, fingerprint=config_lib.run_fingerprint(config))
+    # lr may differ: after --resume_diverged, config.json has the new lr and the older
+    # checkpoints the old one (the state's structure does not depend on it).
+    fingerprint = config_lib.run_fingerprint(config)
+    ckpt = checkpoint.Checkpointer(workdir, fingerprint=fingerprint, may_differ=("lr",))
     try:
         restored = ckpt.restore(template, step=_checked_step(ckpt, workdir, step))
     finally:

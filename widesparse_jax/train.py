@@ -243,6 +243,7 @@ def _train_locked(run: setup.Run, workdir: str, resume_diverged: bool) -> dict:
         config_lib.run_fingerprint(config),
         max_to_keep=config.train.max_checkpoints_to_keep,
         may_differ=("lr",) if resume_diverged else (),
+        sane_loss_factor=config.train.sane_loss_factor,
     )
     ckpt.check_compatible()  # before any work is written
     if jax.process_index() == 0:
