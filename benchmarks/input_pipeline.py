@@ -164,7 +164,8 @@ def run(root: str, workers: int, batch: int, batches: int, repeats: int) -> dict
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    """Parse ``argv`` (default: sys.argv[1:]), run, print; the last line is the summary."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", help="ImageFolder root of JPEGs (default: a temporary set)")
     p.add_argument("--workers", type=int, default=1)
@@ -173,7 +174,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--per-class", type=int, default=16)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = a.data
         if root is None:

@@ -18,8 +18,11 @@ remaining differences are in docs/baseline_comparison.md.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import itertools
 import math
+import threading
 from typing import Any, Iterator
 
 import numpy as np
@@ -199,15 +202,16 @@ def _epoch_dataset(tf, tfds, stream: _TrainStream, epoch: int, offset: int):
     read_config = tfds.ReadConfig(
         shuffle_seed=tf_seed(stream.seed, epoch, 0), options=_tf_options(tf)
     )
-    ds = tfds.load(
-        spec.name,
-        split=stream.split,
-        data_dir=spec.data_dir,
-        shuffle_files=True,
-        download=spec.download,
-        read_config=read_config,
-        decoders={"image": tfds.decode.SkipDecoding()},
-    )
+    with sources.TFDS_LOCK:
+        ds = tfds.load(
+            spec.name,
+            split=stream.split,
+            data_dir=spec.data_dir,
+            shuffle_files=True,
+            download=spec.download,
+            read_config=read_config,
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )
     ds = ds.shuffle(
         spec.shuffle_buffer, seed=tf_seed(stream.seed, epoch, 1), reshuffle_each_iteration=False
     )
@@ -231,16 +235,50 @@ def _epoch_dataset(tf, tfds, stream: _TrainStream, epoch: int, offset: int):
     return ds.batch(l, drop_remainder=True).prefetch(1)
 
 
+def _open_epoch(tf, tfds, stream: _TrainStream, epoch: int, offset: int) -> Iterator:
+    """Epoch ``epoch``'s numpy batch stream from step ``offset``, its first batch already read.
+
+    Reading the first batch does the slow part of an epoch start: ``tfds.load``, the file
+    shuffle and the shuffle-buffer fill.
+    """
+    batches = iter(tfds.as_numpy(_epoch_dataset(tf, tfds, stream, epoch, offset)))
+    return itertools.chain([next(batches)], batches)
+
+
+def _in_background(fn, *args) -> concurrent.futures.Future:
+    """``fn(*args)`` started now in a daemon thread; the future holds its result or error."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def work():
+        try:
+            future.set_result(fn(*args))
+        except BaseException as e:  # noqa: BLE001 - re-raised by future.result().
+            future.set_exception(e)
+
+    threading.Thread(target=work, daemon=True).start()
+    return future
+
+
 def _train_batches(tf, tfds, stream: _TrainStream, start_step: int) -> Iterator[dict]:
+    """Epochs one after another; each next epoch is opened in the background when the current
+    one starts, so an epoch boundary costs no wait (and holds two shuffle buffers meanwhile).
+    The batches and their order are those of opening each epoch when it is reached. Closing
+    (or dropping) the stream waits for a pending open: no TFDS work outlives it."""
     layout = stream.layout
     epoch, offset = divmod(start_step, stream.steps_per_epoch)
-    while True:
-        for batch in tfds.as_numpy(_epoch_dataset(tf, tfds, stream, epoch, offset)):
-            yield {
-                "image": layout.to_device_shape(batch["image"]),
-                "label": layout.to_device_shape(batch["label"]),
-            }
-        epoch, offset = epoch + 1, 0
+    ahead = _in_background(_open_epoch, tf, tfds, stream, epoch, offset)
+    try:
+        while True:
+            batches = ahead.result()
+            ahead = _in_background(_open_epoch, tf, tfds, stream, epoch + 1, 0)
+            for batch in batches:
+                yield {
+                    "image": layout.to_device_shape(batch["image"]),
+                    "label": layout.to_device_shape(batch["label"]),
+                }
+            epoch += 1
+    finally:
+        concurrent.futures.wait([ahead])
 
 
 def train_iterator(spec: DataSpec, layout: BatchLayout, seed: int, start_step: int) -> Iterator:
@@ -282,15 +320,16 @@ def eval_iterator(spec: DataSpec, layout: BatchLayout, split: str) -> Iterator:
     pc, l, size = layout.process_count, layout.local_batch, spec.image_shape[0]
     max_local = max(((q + 1) * n) // pc - (q * n) // pc for q in range(pc))
     num_batches = max(1, math.ceil(max_local / l))
-    ds = tfds.load(
-        spec.name,
-        split=f"{split}[{start}:{end}]",
-        data_dir=spec.data_dir,
-        shuffle_files=False,
-        download=spec.download,
-        read_config=tfds.ReadConfig(options=_tf_options(tf)),
-        decoders={"image": tfds.decode.SkipDecoding()},
-    )
+    with sources.TFDS_LOCK:
+        ds = tfds.load(
+            spec.name,
+            split=f"{split}[{start}:{end}]",
+            data_dir=spec.data_dir,
+            shuffle_files=False,
+            download=spec.download,
+            read_config=tfds.ReadConfig(options=_tf_options(tf)),
+            decoders={"image": tfds.decode.SkipDecoding()},
+        )
 
     def prep(ex):
         image = (eval_image(tf, ex["image"], size) - mean) / std

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import threading
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
@@ -29,6 +30,10 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
+# Held while TFDS constructs a builder or a dataset: that touches process-global state
+# (``tfds.testing.mock_data`` swaps the whole file system while a dataset is built), and the
+# ImageNet train stream opens its next epoch in a background thread.
+TFDS_LOCK = threading.RLock()
 
 
 # ----------------------------------------------------------------------------- IDX files
@@ -155,7 +160,8 @@ def _tfds_prepared(name: str, data_dir: Optional[str]) -> bool:
         return False
     try:
         _, tfds = import_tf()
-        return bool(tfds.builder(name, data_dir=data_dir).is_prepared())
+        with TFDS_LOCK:
+            return bool(tfds.builder(name, data_dir=data_dir).is_prepared())
     except Exception:  # noqa: BLE001 - any failure means "not usable": fall back.
         return False
 
@@ -170,14 +176,15 @@ def tfds_split_name(name: str, split: str) -> str:
 def load_tfds_arrays(name: str, split: str, data_dir: Optional[str], download: bool) -> tuple:
     """A whole TFDS split as (uint8 [N, H, W, C], int32 [N]), in file order. Small datasets."""
     _, tfds = import_tf()
-    ds = tfds.load(
-        name,
-        split=split,
-        data_dir=data_dir,
-        as_supervised=True,
-        shuffle_files=False,
-        download=download,
-    )
+    with TFDS_LOCK:
+        ds = tfds.load(
+            name,
+            split=split,
+            data_dir=data_dir,
+            as_supervised=True,
+            shuffle_files=False,
+            download=download,
+        )
     images, labels = [], []
     for x, y in tfds.as_numpy(ds.batch(8192)):
         images.append(x)
@@ -191,19 +198,21 @@ def tfds_count(name: str, split: str, data_dir: Optional[str], download: bool) -
     """Examples in a TFDS split: from metadata, else by reading the records (no decoding)."""
     _, tfds = import_tf()
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        with TFDS_LOCK:
+            builder = tfds.builder(name, data_dir=data_dir)
         return int(builder.info.splits[split].num_examples)
     except Exception:  # noqa: BLE001 - e.g. mock data or unprepared: count instead.
         pass
     try:
-        ds = tfds.load(
-            name,
-            split=split,
-            data_dir=data_dir,
-            shuffle_files=False,
-            download=download,
-            decoders={"image": tfds.decode.SkipDecoding()},
-        )
+        with TFDS_LOCK:
+            ds = tfds.load(
+                name,
+                split=split,
+                data_dir=data_dir,
+                shuffle_files=False,
+                download=download,
+                decoders={"image": tfds.decode.SkipDecoding()},
+            )
     except Exception:  # noqa: BLE001 - TFDS raises many types for "archives missing".
         if name in MANUAL_DOWNLOAD:
             raise ValueError(imagenet_manual_message(data_dir)) from None
