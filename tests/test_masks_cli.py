@@ -1,5 +1,8 @@
-"""End-to-end tests of ``python -m widesparse_jax.masks`` (real subprocess, real models)."""
+"""End-to-end tests of ``python -m widesparse_jax.masks`` (real models): in-process through
+its ``main``, plus one real subprocess of the entry point (and its error exit code)."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -10,19 +13,34 @@ pytest.importorskip("widesparse_jax.models")
 
 from golden_paths import SPARSITY_JSON as GOLDEN  # noqa: E402
 
+from widesparse_jax.masks import __main__ as cli  # noqa: E402
 
-def run_cli(*args, ok=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "widesparse_jax.masks", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+def run_cli(*args, ok=True, process=False):
+    """The CLI's JSON (ok) or its stderr (error). In-process through ``__main__.main`` (the
+    code ``python -m`` runs); ``process=True`` spawns the real ``python -m`` entry point."""
+    argv = [str(a) for a in args]
+    if process:
+        proc = subprocess.run(
+            [sys.executable, "-m", "widesparse_jax.masks", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        code, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:
+        out_buf, err_buf = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out_buf), contextlib.redirect_stderr(err_buf):
+            try:
+                code = cli.main(argv)
+            except SystemExit as e:  # argparse errors exit 2
+                code = e.code
+        out, err = out_buf.getvalue(), err_buf.getvalue()
     if ok:
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)
-    assert proc.returncode != 0
-    return proc.stderr
+        assert code == 0, err
+        return json.loads(out)
+    assert code not in (0, None)
+    return err
 
 
 def torch_name(flax_name):
@@ -94,7 +112,17 @@ def test_cli_imagenet_dense_and_kernel_draw():
 
 def test_cli_mlp_and_methods():
     out = run_cli(
-        "--model", "mlp", "--input-dim", 784, "--num-classes", 10, "--width", 640, "--base-width", 5
+        "--model",
+        "mlp",
+        "--input-dim",
+        784,
+        "--num-classes",
+        10,
+        "--width",
+        640,
+        "--base-width",
+        5,
+        process=True,  # the real entry point, once
     )
     assert [l["name"] for l in out["layers"]] == ["fc/kernel", "cl/kernel"]
     assert [l["shape"] for l in out["layers"]] == [[784, 640], [640, 10]]
@@ -117,7 +145,7 @@ def test_cli_mlp_and_methods():
 
 
 def test_cli_errors():
-    err = run_cli("--model", "resnet18", "--width", 8, "--base-width", 16, ok=False)
+    err = run_cli("--model", "resnet18", "--width", 8, "--base-width", 16, ok=False, process=True)
     assert "--width 8 is below --base-width 16" in err
     err = run_cli(
         "--model", "resnet18", "--width", 16, "--base-width", 8, "--method", "magic", ok=False

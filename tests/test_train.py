@@ -339,10 +339,7 @@ def test_pmap_8_devices_matches_1_device(tmp_path):
     ]
     assert len(la) == 3
     np.testing.assert_allclose(la, lb, rtol=1e-5)
-    # batch not divisible by the device count: clear error, nothing trained
-    p = run_main(tmp_path / "bad", *flags, "--config.train.batch_size=60", devices=8, check=False)
-    assert p.returncode != 0
-    assert "batch_size=60 is not divisible by the 8 devices" in p.stderr
+    # (a batch not divisible by the device count: test_bad_input, in a 2-device process)
 
 
 def _free_port():
