@@ -36,7 +36,7 @@ BASE_WIDTH = 18
 
 def build(width: int, apply: str, batch: int, threshold: float = 0.03):
     """The run of ResNet-18 (CIFAR stem) at ``width``, kernel-sparse at the weight count of
-    width 18, with ``sparsity.apply=apply``."""
+    width 18, with ``sparsity.apply=apply`` (the optimizer and masks do not depend on it)."""
     c = cifar10.get_config()
     c.model.width, c.model.base_width = width, BASE_WIDTH
     c.sparsity.granularity, c.sparsity.apply = "kernel", apply
@@ -62,13 +62,14 @@ def step_fn(run, model):
 
 def measure(width: int, batch: dict, reps: int, threshold: float = 0.03) -> dict:
     """{'dense': timing, 'sparse': timing, 'convs': sparse conv count, 'loss_diff': |Δloss|}."""
-    dense_run = build(width, "update", len(batch["label"]))
-    sparse_run = build(width, "sparse", len(batch["label"]), threshold)
-    mode = sparse_loop.make_mode(sparse_run)
+    # One run (one mask draw): its dense-masked step is train_step on run.model, its sparse
+    # step the same train_step on ConvSparseMode's model (the state stays dense-masked).
+    run = build(width, "sparse", len(batch["label"]), threshold)
+    mode = sparse_loop.make_mode(run)
     if not isinstance(mode, sparse_loop.ConvSparseMode):
         raise SystemExit(f"width {width}: no conv runs sparse at this density (mode={mode!r})")
-    state = setup.init_state(dense_run)
-    dense, sparse = step_fn(dense_run, dense_run.model), step_fn(sparse_run, mode.model)
+    state = setup.init_state(run)
+    dense, sparse = step_fn(run, run.model), step_fn(run, mode.model)
     out = {"dense": time_step(dense, state, batch, reps)}  # timed first: compile is cold
     out["sparse"] = time_step(sparse, state, batch, reps)
     loss_d = float(jax.jit(dense)(state, batch)[1]["loss"])
