@@ -45,8 +45,8 @@ def small_mlp_config(**train_overrides):
     return c
 
 
-def run_main(workdir, *flags, devices=None, check=True, timeout=300):
-    env = dict(os.environ)
+def run_main(workdir, *flags, devices=None, check=True, timeout=300, env=None):
+    env = dict(os.environ if env is None else env)
     if devices:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     cmd = [sys.executable, str(ROOT / "main.py"), f"--workdir={workdir}", *flags]
@@ -54,6 +54,11 @@ def run_main(workdir, *flags, devices=None, check=True, timeout=300):
     if check and p.returncode != 0:
         raise AssertionError(f"main.py failed ({p.returncode}):\n{p.stderr[-4000:]}")
     return p
+
+
+def _summary(p) -> dict:
+    """The summary JSON that main.py prints last."""
+    return json.loads(p.stdout[p.stdout.index("{") :])
 
 
 def _initial(c):
@@ -259,9 +264,9 @@ def test_exact_resume_after_kill(tmp_path):
         "--config.optimizer.weight_decay=0.0005",
     ]
     ref, run = tmp_path / "ref", tmp_path / "run"
-    run_main(ref, *flags)
-
-    env = dict(os.environ)
+    # One persistent compilation cache, empty at the first launch, for all three launches.
+    env = {**os.environ, "WIDESPARSE_JAX_CACHE_DIR": str(tmp_path / "jax_cache")}
+    first = _summary(run_main(ref, *flags, env=env))
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "main.py"), f"--workdir={run}", *flags],
         cwd=ROOT,
@@ -283,9 +288,14 @@ def test_exact_resume_after_kill(tmp_path):
     assert killed_at is not None, "run finished before it could be killed; make it longer"
     assert killed_at < 300
 
-    p = run_main(run, *flags)
-    summary = json.loads(p.stdout[p.stdout.index("{") :])
+    summary = _summary(run_main(run, *flags, env=env))
     assert 0 < summary["steps_this_session"] < 300  # really resumed, not restarted
+    # Start-up accounting: the first launch compiled everything, the resumed one loaded its
+    # steps from the persistent cache the earlier launches filled.
+    assert first["first_step_compile_cache_hits"] == 0
+    assert 0 < first["first_step_compile_s"] < first["first_step_s"]
+    assert summary["first_step_compile_cache_hits"] > 0
+    assert summary["first_step_compile_s"] < first["first_step_compile_s"]
     a, b = _final_params(ref), _final_params(run)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
@@ -481,6 +491,10 @@ def test_time_blocked_on_input_is_measured(tmp_path, monkeypatch):
     c = small_mlp_config(num_train_steps=6, log_every_steps=3, checkpoint_every_steps=100)
     summary = train.train_and_evaluate(c, str(tmp_path))
     assert 0.6 <= summary["input_wait_s"] < summary["wall_time_s"]
+    # This session's first step compiled its program(s): counted, and part of the launch time.
+    assert summary["compilations"] > 0
+    assert 0 < summary["first_step_compile_s"] <= summary["compile_s"]
+    assert summary["first_step_compile_s"] < summary["first_step_s"]
     waits = [r.get("input_wait_fraction") for r in metrics_lib.read_metrics(str(tmp_path))]
     waits = [w for w in waits if w is not None]
     assert len(waits) == 2 and all(0.0 < w <= 1.0 for w in waits)

@@ -20,9 +20,9 @@ from absl import logging
 from flax import jax_utils
 
 from widesparse_jax import checkpoint as ckpt_lib
+from widesparse_jax import compile_cache, setup
 from widesparse_jax import masks as masks_lib
 from widesparse_jax import metrics as metrics_lib
-from widesparse_jax import setup
 
 
 def _all_finite(tree) -> jax.Array:
@@ -88,10 +88,13 @@ class Loop:
         mode,
         p_train: Callable,
         evaluate: Callable[..., dict],
+        compiles_at_start: compile_cache.CompileStats | None = None,
     ):
         """``state``: the host TrainState (dense masked); ``mode``: ``sparse.loop.make_mode``'s
         result (None: dense-masked steps); ``p_train(state, batch) -> (state, metrics)``;
-        ``evaluate(replicated_state) -> {'test_loss', 'test_accuracy', 'test_count'}``."""
+        ``evaluate(replicated_state) -> {'test_loss', 'test_accuracy', 'test_count'}``;
+        ``compiles_at_start``: :func:`compile_cache.track`'s count when the session started
+        (default: now)."""
         self.config, self.run, self.ckpt = config, run, ckpt
         self.mode = mode
         self.state = jax_utils.replicate(self.mode.enter(state) if self.mode else state)
@@ -100,6 +103,10 @@ class Loop:
         self.log = metrics_lib.MetricsLog(workdir, int(state.step))
         self.pending: list[dict] = []  # device metrics not yet pulled to the host
         self.clock = Clock()
+        # XLA compile seconds and cache hits of this session (train_and_evaluate's start).
+        self.compiles = compile_cache.track()
+        self.compiles_at_start = compiles_at_start or self.compiles.copy()
+        self.startup: dict = {}  # filled at this session's first step
         self.primary = jax.process_index() == 0
         # The latest epoch record (kept when a finished run is started again).
         self.summary = metrics_lib.last_epoch_record(workdir) if self.primary else {}
@@ -177,6 +184,8 @@ class Loop:
         self.pending.append(metrics)
         self.clock.tick()
         done = step + 1
+        if self.clock.steps_run == 1:
+            self.report_startup(done, metrics)
         epoch_end = done % run.steps_per_epoch == 0
         if done % t.log_every_steps == 0 or done == run.total_steps or epoch_end:
             self.flush(done)
@@ -190,6 +199,27 @@ class Loop:
         if done % t.checkpoint_every_steps == 0 or done == run.total_steps:
             self.flush(done)
             self.save(done)
+
+    def report_startup(self, done: int, metrics) -> None:
+        """Logs (and keeps for the summary) how long this launch took to finish its first
+        step, and how much of that was XLA compilation (persistent-cache hits load instead)."""
+        jax.block_until_ready(metrics)
+        compiled = self.compiles.since(self.compiles_at_start)
+        self.startup = {
+            "first_step_s": time.time() - compile_cache.process_start_time(),
+            "first_step_compile_s": compiled.seconds,
+            "first_step_compile_cache_hits": compiled.cache_hits,
+        }
+        if self.primary:
+            logging.info(
+                "step %d done %.1f s after launch: XLA compilation %.1f s "
+                "(%d compilations, %d loaded from the persistent cache)",
+                done,
+                self.startup["first_step_s"],
+                compiled.seconds,
+                compiled.compilations,
+                compiled.cache_hits,
+            )
 
     def dense_state(self):
         """The host TrainState in dense masked form (as checkpoints store it)."""
@@ -209,4 +239,6 @@ class Loop:
             "wall_time_s": time.time() - self.clock.start,
             "steps_this_session": self.clock.steps_run,
             "input_wait_s": self.clock.total_wait,
+            **self.startup,
+            **self.compiles.since(self.compiles_at_start).as_dict(),
         }

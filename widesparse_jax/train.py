@@ -28,8 +28,8 @@ import optax
 from absl import logging
 
 from widesparse_jax import checkpoint as ckpt_lib
+from widesparse_jax import compile_cache, data, preflight, setup
 from widesparse_jax import config as config_lib
-from widesparse_jax import data, preflight, setup
 from widesparse_jax import lock as lock_lib
 from widesparse_jax import loop as loop_lib
 from widesparse_jax import masks as masks_lib
@@ -181,7 +181,9 @@ def _eval_iterator(config):
 # ----------------------------------------------------------------------------- the loop
 
 
-def _make_loop(config, run: setup.Run, ckpt, workdir: str, state, progress) -> loop_lib.Loop:
+def _make_loop(
+    config, run: setup.Run, ckpt, workdir: str, state, progress, compiles_at_start
+) -> loop_lib.Loop:
     """The run's :class:`loop.Loop` with its steps: sparse (``sparse.loop``) or dense-masked."""
     mode = sparse_loop.make_mode(run)  # None: dense-masked steps
     p_train, p_eval = mode.p_steps() if mode else make_p_steps(run)
@@ -190,7 +192,16 @@ def _make_loop(config, run: setup.Run, ckpt, workdir: str, state, progress) -> l
         return evaluate(p_eval, replicated_state, _eval_iterator(config))
 
     return loop_lib.Loop(
-        config, run, ckpt, workdir, state, progress, mode=mode, p_train=p_train, evaluate=run_eval
+        config,
+        run,
+        ckpt,
+        workdir,
+        state,
+        progress,
+        mode=mode,
+        p_train=p_train,
+        evaluate=run_eval,
+        compiles_at_start=compiles_at_start,
     )
 
 
@@ -222,6 +233,7 @@ def train_and_evaluate(
     ``resume_diverged``: resume a diverged run's last finite checkpoint with another
     ``optimizer.lr`` (the only fingerprint field then allowed to differ).
     """
+    compiles_at_start = compile_cache.track().copy()  # XLA compile seconds of this session
     config = config_lib.resolve_config(config)
     run = preflight.check_run(config, workdir)  # every refusal before anything is written
     if config.model.base_width == config.model.width and jax.process_index() == 0:
@@ -230,13 +242,13 @@ def train_and_evaluate(
         )
     lock = lock_lib.acquire(workdir) if jax.process_index() == 0 else None
     try:
-        return _train_locked(run, workdir, resume_diverged)
+        return _train_locked(run, workdir, resume_diverged, compiles_at_start)
     finally:
         if lock is not None:
             lock_lib.release(lock)
 
 
-def _train_locked(run: setup.Run, workdir: str, resume_diverged: bool) -> dict:
+def _train_locked(run: setup.Run, workdir: str, resume_diverged: bool, compiles_at_start) -> dict:
     config = run.config
     ckpt = ckpt_lib.Checkpointer(
         workdir,
@@ -261,7 +273,7 @@ def _train_locked(run: setup.Run, workdir: str, resume_diverged: bool) -> dict:
             run.total_steps,
             run.steps_per_epoch,
         )
-    loop = _make_loop(config, run, ckpt, workdir, state, progress)
+    loop = _make_loop(config, run, ckpt, workdir, state, progress, compiles_at_start)
     try:
         for step in range(start_step, run.total_steps):
             t0 = time.perf_counter()
