@@ -498,3 +498,24 @@ def test_time_blocked_on_input_is_measured(tmp_path, monkeypatch):
     waits = [r.get("input_wait_fraction") for r in metrics_lib.read_metrics(str(tmp_path))]
     waits = [w for w in waits if w is not None]
     assert len(waits) == 2 and all(0.0 < w <= 1.0 for w in waits)
+
+
+def test_train_step_compiles_once():
+    """The replicated start state is placed as the pmapped step's outputs are, so the second
+    step reuses the first step's program (pmap compiles again for a new input sharding)."""
+    from widesparse_jax import compile_cache
+    from widesparse_jax import loop as loop_lib
+
+    run, state = _initial(small_mlp_config())
+    p_train, _ = train.make_p_steps(run)
+    batch = next(train._train_iterator(run.config, 0))
+    stats = compile_cache.track()
+    replicated = loop_lib.replicate(state)
+    replicated, _ = p_train(replicated, batch)
+    compiled = stats.compilations
+    for _ in range(2):
+        replicated, metrics = p_train(replicated, batch)
+    jax.block_until_ready(metrics)
+    assert stats.compilations == compiled
+    leaf = jax.tree.leaves(loop_lib.replicate(state))[0]
+    assert leaf.sharding == jax.tree.leaves(replicated)[0].sharding

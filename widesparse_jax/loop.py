@@ -45,6 +45,15 @@ def _check_finite(step: int, values: dict, ckpt: ckpt_lib.Checkpointer) -> None:
         raise FloatingPointError(_divergence_message(step, f"training metric(s) {bad}", ckpt))
 
 
+def replicate(tree):
+    """``tree`` replicated over the local devices, placed the way the pmapped steps place
+    their outputs. ``jax_utils.replicate`` alone gives another sharding (mesh axis
+    ``_device_put_sharded``, not ``AXIS``), and pmap compiles its program again for every new
+    input sharding: the train step would be compiled twice, at step 1 and at step 2."""
+    to_step_layout = jax.pmap(lambda x: x, axis_name=setup.AXIS, donate_argnums=0)
+    return to_step_layout(jax_utils.replicate(tree))
+
+
 def _fmt_seconds(s: float) -> str:
     s = int(s)
     return f"{s // 3600}h{(s % 3600) // 60:02d}m{s % 60:02d}s"
@@ -97,7 +106,7 @@ class Loop:
         (default: now)."""
         self.config, self.run, self.ckpt = config, run, ckpt
         self.mode = mode
-        self.state = jax_utils.replicate(self.mode.enter(state) if self.mode else state)
+        self.state = replicate(self.mode.enter(state) if self.mode else state)
         self.progress = progress
         self.p_train, self.evaluate = p_train, evaluate
         self.log = metrics_lib.MetricsLog(workdir, int(state.step))
