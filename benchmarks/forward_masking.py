@@ -15,7 +15,6 @@ the same run (goal: <= 1.03).
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import time
 
@@ -23,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import step_builders
 from configs import default as default_config
-from widesparse_jax import config as config_lib
-from widesparse_jax import data, setup, train
+from widesparse_jax import setup
 
 MODES = ("update", "forward")
 
@@ -37,16 +36,8 @@ def _step_fn(width: int, base_width: int, batch: int, mode: str):
     c.optimizer.lr = 0.1
     c.train.batch_size = batch
     c.sparsity.apply = mode
-    cfg = config_lib.resolve_config(c)
-    run = setup.build_run(cfg, data.static_info(train.data_spec(cfg)), axis_name=None)
-    step = functools.partial(
-        train.train_step,
-        model=run.model,
-        tx=run.tx,
-        schedule=run.schedule,
-        axis_name=None,
-        mask_apply=mode,
-    )
+    run = step_builders.single_device_run(c)
+    step = step_builders.train_step_fn(run, mask_apply=mode)
     return jax.jit(step, donate_argnums=(0,)), setup.init_state(run)
 
 

@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import step_builders
 from configs import fashion_mnist_mlp
-from widesparse_jax import config as config_lib
-from widesparse_jax import data, setup, sparse, train
+from widesparse_jax import setup, sparse
 from widesparse_jax.sparse import step as sstep
 
 BASE_WIDTH = 5  # 784*5 + 5*10 = 3970 counted weights
@@ -36,8 +36,7 @@ def build(width: int, base_width: int | None):
     c.model.width, c.model.base_width = width, base_width
     c.optimizer.weight_decay = 5e-4
     c.dataset.train_subset = 1000
-    cfg = config_lib.resolve_config(c)
-    return setup.build_run(cfg, data.static_info(train.data_spec(cfg)), axis_name=None)
+    return step_builders.single_device_run(c)
 
 
 def _batch(batch: int):
@@ -71,11 +70,6 @@ def time_step(fn, state, batch, reps: int) -> dict:
     return {"ms": float(np.median(times)), "compile_s": compile_s, "mem_mb": mem_mb}
 
 
-def dense_fn(run):
-    kw = dict(model=run.model, tx=run.tx, schedule=run.schedule, axis_name=None)
-    return functools.partial(train.train_step, **kw)
-
-
 def measure_width(width: int, batch, reps: int, dense: bool) -> dict:
     run = build(width, BASE_WIDTH)
     layout = sparse.mlp_layout(run.masks, run.param_shapes)
@@ -87,7 +81,7 @@ def measure_width(width: int, batch, reps: int, dense: bool) -> dict:
     }
     out["active"] = int(layout.active.size)
     if dense:
-        out["dense"] = time_step(dense_fn(run), state, batch, reps)
+        out["dense"] = time_step(step_builders.train_step_fn(run), state, batch, reps)
     return out
 
 
@@ -119,7 +113,9 @@ def main(argv=None) -> None:
         return
     batch = _batch(a.batch)
     base_run = build(BASE_WIDTH, None)
-    base = time_step(dense_fn(base_run), setup.init_state(base_run), batch, a.reps)
+    base = time_step(
+        step_builders.train_step_fn(base_run), setup.init_state(base_run), batch, a.reps
+    )
     print(
         f"dense base width {BASE_WIDTH}: {base['ms']:.3f} ms/step (compile {base['compile_s']:.2f} s)"
     )

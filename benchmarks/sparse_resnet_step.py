@@ -19,16 +19,15 @@ timed windows), compile time and XLA temp + argument memory. Last line:
 from __future__ import annotations
 
 import argparse
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import step_builders
 from benchmarks.sparse_compute import time_step
 from configs import cifar10
-from widesparse_jax import config as config_lib
-from widesparse_jax import data, setup, train
+from widesparse_jax import setup
 from widesparse_jax.sparse import loop as sparse_loop
 
 BASE_WIDTH = 18
@@ -42,8 +41,7 @@ def build(width: int, apply: str, batch: int, threshold: float = 0.03):
     c.sparsity.granularity, c.sparsity.apply = "kernel", apply
     c.train.batch_size = batch
     c.sparsity.sparse_conv_below_density = threshold
-    cfg = config_lib.resolve_config(c)
-    return setup.build_run(cfg, data.static_info(train.data_spec(cfg)), axis_name=None)
+    return step_builders.single_device_run(c)
 
 
 def make_batch(batch: int) -> dict:
@@ -55,11 +53,6 @@ def make_batch(batch: int) -> dict:
     }
 
 
-def step_fn(run, model):
-    kw = dict(model=model, tx=run.tx, schedule=run.schedule, axis_name=None)
-    return functools.partial(train.train_step, mask_apply="update", **kw)
-
-
 def measure(width: int, batch: dict, reps: int, threshold: float = 0.03) -> dict:
     """{'dense': timing, 'sparse': timing, 'convs': sparse conv count, 'loss_diff': |Δloss|}."""
     # One run (one mask draw): its dense-masked step is train_step on run.model, its sparse
@@ -69,7 +62,9 @@ def measure(width: int, batch: dict, reps: int, threshold: float = 0.03) -> dict
     if not isinstance(mode, sparse_loop.ConvSparseMode):
         raise SystemExit(f"width {width}: no conv runs sparse at this density (mode={mode!r})")
     state = setup.init_state(run)
-    dense, sparse = step_fn(run, run.model), step_fn(run, mode.model)
+    dense, sparse = (
+        step_builders.train_step_fn(run, m, mask_apply="update") for m in (run.model, mode.model)
+    )
     out = {"dense": time_step(dense, state, batch, reps)}  # timed first: compile is cold
     out["sparse"] = time_step(sparse, state, batch, reps)
     loss_d = float(jax.jit(dense)(state, batch)[1]["loss"])

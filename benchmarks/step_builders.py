@@ -16,6 +16,30 @@ IMAGE_SHAPE = (32, 32, 3)
 # ----------------------------------------------------------------------------- JAX side
 
 
+def single_device_run(config):
+    """``setup.Run`` of ``config`` (validated and resolved) for one device (``axis_name=None``),
+    from the dataset's static shapes only (no data is read)."""
+    from widesparse_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+    from widesparse_jax import data, setup, train
+
+    cfg = config_lib.resolve_config(config)
+    return setup.build_run(cfg, data.static_info(train.data_spec(cfg)), axis_name=None)
+
+
+def train_step_fn(run, model=None, **kwargs) -> Callable:
+    """``train.train_step`` bound to ``run`` (or another ``model``) on one device: a function
+    ``(state, batch) -> (state, metrics)`` to jit; ``kwargs`` go to train_step
+    (``mask_apply``)."""
+    import functools  # pylint: disable=g-import-not-at-top
+
+    from widesparse_jax import train
+
+    model = run.model if model is None else model
+    return functools.partial(
+        train.train_step, model=model, tx=run.tx, schedule=run.schedule, axis_name=None, **kwargs
+    )
+
+
 def make_config(width: int, base_width: Optional[int], dtype: str):
     """The project's default (paper CIFAR) config at this width; base_width None = dense."""
     from configs import default  # pylint: disable=g-import-not-at-top
@@ -36,20 +60,18 @@ def build_jax_step(width: int, base_width: Optional[int], dtype: str, device) ->
     Returns {'step': state, batch -> (state, metrics), 'state', 'batch', 'masks' (numpy),
     'params0' (numpy, for the torch twin)}.
     """
-    import functools  # pylint: disable=g-import-not-at-top
-    import types
+    import types  # pylint: disable=g-import-not-at-top
 
     import jax
     import numpy as np
 
-    from widesparse_jax import setup, train
+    from widesparse_jax import setup
 
     config = make_config(width, base_width, dtype)
     info = types.SimpleNamespace(
         num_classes=NUM_CLASSES, image_shape=IMAGE_SHAPE, num_train=390 * BATCH
     )
     run = setup.build_run(config, info, axis_name=None)
-    model, tx, schedule = run.model, run.tx, run.schedule
     state = setup.init_state(run)
     host = jax.device_get(state)
     state = jax.device_put(state, device)
@@ -59,10 +81,7 @@ def build_jax_step(width: int, base_width: Optional[int], dtype: str, device) ->
         "label": (np.arange(BATCH) % NUM_CLASSES).astype(np.int32),
     }
     batch_dev = jax.device_put(batch, device)
-    step = jax.jit(
-        functools.partial(train.train_step, model=model, tx=tx, schedule=schedule, axis_name=None),
-        donate_argnums=(0,),
-    )
+    step = jax.jit(train_step_fn(run), donate_argnums=(0,))
     return {
         "step": step,
         "state": state,
