@@ -32,8 +32,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
-from widesparse_jax import integrity, sanity
+from widesparse_jax import integrity, paths, sanity
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"  # damaged steps are moved here, never deleted
@@ -53,7 +54,7 @@ class CheckpointCorruptError(CheckpointMismatchError):
 def _legacy_meta(step_dir: str) -> bool:
     """True when the step's meta is readable and predates checksums (no 'integrity' key)."""
     try:
-        with open(os.path.join(step_dir, _META_FILE)) as f:
+        with paths.path(step_dir, _META_FILE).open() as f:
             meta = json.load(f)
     except (OSError, ValueError):
         return False
@@ -102,7 +103,7 @@ class Checkpointer:
         may_differ: tuple = (),
         sane_loss_factor: float = sanity.DEFAULT_FACTOR,
     ):
-        self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+        self.directory = paths.join(workdir, CHECKPOINT_DIR)  # absolute, or the URI
         self.fingerprint = dict(fingerprint)
         self.may_differ = tuple(may_differ)  # fingerprint keys allowed to change (e.g. 'lr')
         self.health = sanity.Health(sane_loss_factor)  # fed by the loop: Health.observe
@@ -126,7 +127,7 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def step_dir(self, step: int) -> str:
-        return os.path.join(self.directory, str(int(step)))
+        return os.fspath(paths.path(self.directory, str(int(step))))
 
     def problem(self, step: int) -> str | None:
         """Verifies ``step`` once (cached); logs one line naming a damaged checkpoint."""
@@ -178,7 +179,7 @@ class Checkpointer:
         moved = []
         if jax.process_index() == 0:  # only process 0 looks: the others may list other steps
             for s in sorted(s for s in self._manager.all_steps() if step is None or s > step):
-                moved.append(_move_aside(self.step_dir(s), os.path.dirname(self.directory)))
+                moved.append(_move_aside(self.step_dir(s), self.workdir()))
                 logging.warning("moved damaged checkpoint %s to %s", self.step_dir(s), moved[-1])
         if jax.process_count() > 1:  # every process, whatever it moved: no one waits alone
             from jax.experimental import multihost_utils
@@ -294,13 +295,15 @@ class Checkpointer:
         note = f"The newest checkpoint with sane weights is step {newest} in {self.directory}"
         note += f" (the loss computed with its weights is {rule}; {judged})."
         if newer and jax.process_index() == 0:
-            workdir = os.path.dirname(self.directory)
-            moved = [_move_aside(self.step_dir(s), workdir, DIVERGED_DIR) for s in newer]
-            note += f" Moved the newer steps {newer} to {os.path.dirname(moved[0])}."
+            moved = [_move_aside(self.step_dir(s), self.workdir(), DIVERGED_DIR) for s in newer]
+            note += f" Moved the newer steps {newer} to {epath.Path(moved[0]).parent}."
         return note + (
             " Nothing non-finite was saved; resume from it with a lower lr: "
             "--resume_diverged --config.optimizer.lr=<lower>."
         )
+
+    def workdir(self) -> str:
+        return os.fspath(epath.Path(self.directory).parent)
 
     def close(self) -> None:
         self._manager.wait_until_finished()
@@ -351,35 +354,33 @@ def agree(local_verdict, is_primary: bool, broadcast) -> int | None:
 
 def _move_aside(step_dir: str, workdir: str, into: str = CORRUPT_DIR) -> str:
     """Moves ``step_dir`` into ``workdir/into/`` (a free name there); the new path."""
-    target_root = os.path.join(workdir, into)
-    os.makedirs(target_root, exist_ok=True)
-    name, n = os.path.basename(step_dir), 0
-    target = os.path.join(target_root, name)
-    while os.path.exists(target):
+    target_root = paths.path(workdir, into)
+    target_root.mkdir(parents=True, exist_ok=True)
+    name, n = epath.Path(step_dir).name, 0
+    target = target_root / name
+    while target.exists():
         n += 1
-        target = os.path.join(target_root, f"{name}.{n}")
-    os.replace(step_dir, target)
-    return target
+        target = target_root / f"{name}.{n}"
+    # Local: one os.replace. Remote: the store's rename (copy + delete of each object).
+    epath.Path(step_dir).replace(target)
+    return os.fspath(target)
 
 
 def write_config(workdir: str, config_dict: Mapping[str, Any]) -> None:
     """Writes the resolved config as JSON beside the checkpoints (process 0 only)."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config_dict, f, indent=2, sort_keys=True, default=list)
-    os.replace(tmp, path)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    text = json.dumps(config_dict, indent=2, sort_keys=True, default=list)
+    paths.write_atomic(paths.path(workdir, CONFIG_FILE), text)
 
 
 def read_config(workdir: str):
     """Reads the config a run wrote into its workdir, as a ConfigDict."""
     import ml_collections
 
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = paths.path(workdir, CONFIG_FILE)
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a training run?")
-    with open(path) as f:
+    with path.open() as f:
         d = json.load(f)
     for key in ("milestones", "dense_layers"):
         for section in d.values():

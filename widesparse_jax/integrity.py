@@ -3,15 +3,19 @@
 orbax does not notice flipped bytes in its array files (flipping 8 bytes in the largest file
 of ``checkpoints/<step>/state/`` restores silently with changed weights), so every
 checkpoint directory gets a manifest ``{"format": FORMAT, "files": {relpath: {"sha256",
-"bytes"}}}`` of every file orbax wrote, written atomically (temp file + ``os.replace``).
-:func:`verify` re-hashes a directory and returns what is wrong, or None when it is intact.
+"bytes"}}}`` of every file orbax wrote, written atomically (temp file + rename, fsync'ed
+locally; ``widesparse_jax.paths`` says what a remote store gives). :func:`verify` re-hashes
+a directory (local or ``gs://...``, through etils.epath) and returns what is wrong, or None.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+
+from etils import epath
+
+from widesparse_jax import paths
 
 MANIFEST = "sha256.json"
 FORMAT = "widesparse_jax.sha256.v1"
@@ -20,7 +24,7 @@ _CHUNK = 1 << 22  # bytes read per hash update
 
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with epath.Path(path).open("rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
@@ -28,21 +32,15 @@ def _sha256(path: str) -> str:
 
 def _files(directory: str) -> list[str]:
     """Relative paths of every file under ``directory`` except the manifest (and its temp)."""
-    out = []
-    for root, _, names in os.walk(directory):
-        for name in names:
-            rel = os.path.relpath(os.path.join(root, name), directory)
-            if rel not in (MANIFEST, MANIFEST + ".tmp"):
-                out.append(rel)
-    return sorted(out)
+    return [rel for rel in paths.files_under(directory) if rel not in (MANIFEST, MANIFEST + ".tmp")]
 
 
 def digests(directory: str) -> dict[str, dict]:
     """``{relpath: {'sha256': hex, 'bytes': size}}`` of every file under ``directory``."""
     return {
         rel: {
-            "sha256": _sha256(os.path.join(directory, rel)),
-            "bytes": os.path.getsize(os.path.join(directory, rel)),
+            "sha256": _sha256(paths.path(directory, rel)),
+            "bytes": paths.size(paths.path(directory, rel)),
         }
         for rel in _files(directory)
     }
@@ -50,23 +48,19 @@ def digests(directory: str) -> dict[str, dict]:
 
 def write_manifest(directory: str) -> str:
     """Hashes every file under ``directory`` and writes the manifest atomically; its path."""
-    path = os.path.join(directory, MANIFEST)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"format": FORMAT, "files": digests(directory)}, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    path = paths.path(directory, MANIFEST)
+    text = json.dumps({"format": FORMAT, "files": digests(directory)}, indent=1, sort_keys=True)
+    paths.write_atomic(path, text, fsync=True)
+    return str(path)
 
 
 def read_manifest(directory: str) -> dict | None:
     """The manifest's ``files`` entry; None when there is no manifest. Raises ValueError if bad."""
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.exists(path):
+    path = paths.path(directory, MANIFEST)
+    if not path.exists():
         return None
     try:
-        with open(path) as f:
+        with path.open() as f:
             manifest = json.load(f)
         files = manifest["files"]
         assert manifest["format"] == FORMAT and isinstance(files, dict)
@@ -96,7 +90,7 @@ def verify(directory: str) -> str | None:
     Returns ``'no checksum manifest'`` when the manifest is missing (the caller decides
     whether that is an old checkpoint or a damaged one).
     """
-    if not os.path.isdir(directory):
+    if not epath.Path(directory).is_dir():
         return "directory is missing"
     try:
         expected = read_manifest(directory)

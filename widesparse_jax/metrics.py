@@ -11,6 +11,12 @@ and the running sums of the epoch and of the logging window in progress.
 On resume from step s, records and TensorBoard events after s (the steps the run repeats)
 are dropped from ``metrics.jsonl`` and from every event file, so each (tag, step) is
 written once however often the run is killed.
+
+Remote workdirs (``gs://...``): every file is read and written through etils.epath
+(``widesparse_jax.paths``); an object store cannot append, so ``metrics.jsonl`` is rewritten
+whole at each record (one object upload each: readers never see half a record), and an
+event file is copied to a local temp file to be read by TensorBoard's loader. The event
+files themselves are written by clu's TensorBoard writer (TF's ``tf.io.gfile``: ``gs://``).
 """
 
 from __future__ import annotations
@@ -18,13 +24,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 from typing import Any
 
 import jax
+from etils import epath
+
+from widesparse_jax import paths
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
+_EVENTS = "events.out.tfevents"  # TensorBoard event file names start with it
 
 
 @dataclasses.dataclass
@@ -92,31 +103,37 @@ class MetricsLog:
 
     def __init__(self, workdir: str, resume_step: int):
         self.enabled = jax.process_index() == 0
-        self.path = os.path.join(workdir, METRICS_FILE)
+        self.path = os.fspath(paths.path(workdir, METRICS_FILE))
         self.writer = None
+        self._lines = None if not paths.is_remote(workdir) else []  # remote: the whole file
         if not self.enabled:
             return
         # Drop records written after the checkpoint we resume from (the run repeats them).
-        if os.path.exists(self.path):
-            with open(self.path) as f:
+        if epath.Path(self.path).exists():
+            with epath.Path(self.path).open() as f:
                 kept = [
                     line for line in f if line.strip() and json.loads(line)["step"] <= resume_step
                 ]
-            with open(self.path, "w") as f:
+            with epath.Path(self.path).open("w") as f:
                 f.writelines(kept)
-        trim_event_files(os.path.join(workdir, TENSORBOARD_DIR), resume_step)
+            self._lines = None if self._lines is None else kept
+        trim_event_files(os.fspath(paths.path(workdir, TENSORBOARD_DIR)), resume_step)
         from clu import metric_writers
 
         self.writer = metric_writers.create_default_writer(
-            os.path.join(workdir, TENSORBOARD_DIR), just_logging=False, asynchronous=False
+            os.fspath(paths.path(workdir, TENSORBOARD_DIR)), just_logging=False, asynchronous=False
         )
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        record = {"kind": kind, "step": int(step), **values}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        line = json.dumps({"kind": kind, "step": int(step), **values}, sort_keys=True) + "\n"
+        if self._lines is None:
+            with epath.Path(self.path).open("a") as f:
+                f.write(line)
+        else:  # an object store cannot append: upload the whole file again
+            self._lines.append(line)
+            epath.Path(self.path).write_text("".join(self._lines))
         scalars = {
             f"{kind}/{k}": v
             for k, v in values.items()
@@ -131,26 +148,37 @@ class MetricsLog:
 
 
 def _event_files(logdir: str) -> list[str]:
-    if not os.path.isdir(logdir):
+    if not epath.Path(logdir).is_dir():
         return []
-    return sorted(
-        os.path.join(logdir, n) for n in os.listdir(logdir) if n.startswith("events.out.tfevents")
-    )
+    names = (p.name for p in epath.Path(logdir).iterdir())
+    return sorted(os.fspath(paths.path(logdir, n)) for n in names if n.startswith(_EVENTS))
+
+
+def _load_records(path: str) -> list[bytes]:
+    """The readable records of the event file ``path`` (TensorBoard's loader)."""
+    from tensorboard.backend.event_processing import event_file_loader
+
+    if not paths.is_remote(path):
+        return list(event_file_loader.RawEventFileLoader(path).Load())
+    with tempfile.TemporaryDirectory() as tmp:  # a local copy, read with the same loader
+        local = os.path.join(tmp, epath.Path(path).name)
+        epath.Path(local).write_bytes(epath.Path(path).read_bytes())
+        return list(event_file_loader.RawEventFileLoader(local).Load())
 
 
 def trim_event_files(logdir: str, max_step: int) -> int:
     """Drops every summary event with step > ``max_step`` from the event files in ``logdir``.
 
-    Each changed file is rewritten atomically (temp file + ``os.replace``); a record cut
-    short by a kill ends the file's readable part. Returns the number of events dropped.
+    Each changed file is rewritten atomically (temp file + rename, ``widesparse_jax.paths``);
+    a record cut short by a kill ends the file's readable part. Returns the number of events
+    dropped.
     """
-    from tensorboard.backend.event_processing import event_file_loader
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     dropped = 0
     for path in _event_files(logdir):
-        records = list(event_file_loader.RawEventFileLoader(path).Load())
+        records = _load_records(path)
         kept = [
             r
             for r in records
@@ -159,16 +187,16 @@ def trim_event_files(logdir: str, max_step: int) -> int:
                 and e.step > max_step
             )
         ]
-        if len(kept) == len(records) and os.path.getsize(path) == _records_size(records):
+        if len(kept) == len(records) and paths.size(path) == _records_size(records):
             continue
         dropped += len(records) - len(kept)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+        tmp = epath.Path(path + ".tmp")
+        with tmp.open("wb") as f:
             writer = RecordWriter(f)
             for r in kept:
                 writer.write(r)
             writer.flush()
-        os.replace(tmp, path)
+        tmp.replace(path)
     return dropped
 
 
@@ -179,12 +207,11 @@ def _records_size(records: list[bytes]) -> int:
 
 def read_event_scalars(workdir: str) -> list[tuple[str, int]]:
     """``(tag, step)`` of every summary value in the run's TensorBoard event files."""
-    from tensorboard.backend.event_processing import event_file_loader
     from tensorboard.compat.proto import event_pb2
 
     out = []
-    for path in _event_files(os.path.join(workdir, TENSORBOARD_DIR)):
-        for r in event_file_loader.RawEventFileLoader(path).Load():
+    for path in _event_files(os.fspath(paths.path(workdir, TENSORBOARD_DIR))):
+        for r in _load_records(path):
             e = event_pb2.Event.FromString(r)
             out.extend((v.tag, int(e.step)) for v in e.summary.value)
     return out
@@ -192,18 +219,18 @@ def read_event_scalars(workdir: str) -> list[tuple[str, int]]:
 
 def read_metrics(workdir: str) -> list[dict]:
     """The records of ``metrics.jsonl`` in ``workdir`` (train, epoch and final records)."""
-    with open(os.path.join(workdir, METRICS_FILE)) as f:
+    with paths.path(workdir, METRICS_FILE).open() as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
 def last_epoch_record(workdir: str) -> dict:
     """The newest ``kind: epoch`` record of ``workdir`` ({} when there is none)."""
-    if not os.path.exists(os.path.join(workdir, METRICS_FILE)):
+    if not paths.path(workdir, METRICS_FILE).exists():
         return {}
     epochs = [r for r in read_metrics(workdir) if r["kind"] == "epoch"]
     return epochs[-1] if epochs else {}
 
 
 def write_summary(workdir: str, summary: dict) -> None:
-    with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
+    with paths.path(workdir, SUMMARY_FILE).open("w") as f:
         json.dump(summary, f, indent=2)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from widesparse_jax import data, setup
+from widesparse_jax import data, paths, setup
 from widesparse_jax.config import ConfigError
 
 # Bytes per parameter on the device: params, gradients, momentum (f32) and a bool mask.
@@ -45,10 +45,18 @@ def _existing_ancestor(path: str) -> str:
 
 
 def check_workdir(workdir: str) -> None:
-    """The workdir is a directory (or can be created) on a writable file system."""
-    if "://" in workdir:  # gs:// and other remote file systems: checked by the first write
-        return
+    """The workdir is a directory (or can be created) on a writable file system.
+
+    A URI (``gs://...``) is checked offline: its store must be reachable through etils.epath
+    (a TF file system or an fsspec implementation for the scheme); permissions and the
+    bucket itself are checked by the first write (the run lock).
+    """
     bad = f"workdir {workdir!r} "
+    if paths.is_remote(workdir):
+        problem = paths.backend_problem(workdir)
+        if problem:
+            raise ConfigError(bad + f"cannot be used: {problem}")
+        return
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(bad + "is a file: --workdir must be a directory (or a new path)")
     base = _existing_ancestor(workdir)

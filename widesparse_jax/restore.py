@@ -8,9 +8,7 @@ verified against its checksums first (``checkpoint.CheckpointCorruptError`` if d
 
 from __future__ import annotations
 
-import os
-
-from widesparse_jax import checkpoint, data, setup
+from widesparse_jax import checkpoint, data, paths, setup
 from widesparse_jax import config as config_lib
 
 
@@ -39,7 +37,7 @@ def load_variables(workdir: str, step: int | None = None):
         ckpt.close()
     if restored is None:
         raise FileNotFoundError(
-            f"no checkpoint in {os.path.join(workdir, checkpoint.CHECKPOINT_DIR)}"
+            f"no checkpoint in {paths.path(workdir, checkpoint.CHECKPOINT_DIR)}"
         )
     state, _ = restored
     return {"params": state["params"], "batch_stats": state["batch_stats"]}, state["masks"], config

@@ -16,7 +16,6 @@ its clock and the divergence checks are ``loop.py``'s; this module hands it the 
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections.abc import Iterator
 
@@ -28,7 +27,7 @@ import optax
 from absl import logging
 
 from widesparse_jax import checkpoint as ckpt_lib
-from widesparse_jax import compile_cache, data, preflight, setup
+from widesparse_jax import compile_cache, data, paths, preflight, setup
 from widesparse_jax import config as config_lib
 from widesparse_jax import lock as lock_lib
 from widesparse_jax import loop as loop_lib
@@ -286,8 +285,8 @@ def _train_locked(run: setup.Run, workdir: str, resume_diverged: bool, compiles_
         loop.log.close()
         ckpt.close()
     final = loop.final_summary()
-    summary_path = os.path.join(workdir, metrics_lib.SUMMARY_FILE)
+    summary_path = paths.path(workdir, metrics_lib.SUMMARY_FILE)
     # A no-op restart of a finished run keeps its summary (wall time, steps) as written.
-    if jax.process_index() == 0 and (loop.clock.steps_run or not os.path.exists(summary_path)):
+    if jax.process_index() == 0 and (loop.clock.steps_run or not summary_path.exists()):
         metrics_lib.write_summary(workdir, final)
     return final
