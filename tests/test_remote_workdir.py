@@ -3,9 +3,9 @@
 No network: ``gs://bucket/...`` is mapped onto a local folder at the libraries' seams
 (:func:`gs_on_disk`): etils.epath (``etils.epath.testing.mock_epath``, which our code and
 orbax's directory handling go through), orbax's GCS kvstore spec for TensorStore (the array
-data: a ``file`` kvstore on the mapped folder instead of the ``gcs`` driver), orbax's bucket
-probe (hierarchical namespace: no) and clu's TensorBoard writer (TF's own GCS file system,
-which no Python mock reaches: its logdir is mapped). Our own code runs unchanged.
+data: a ``file`` kvstore on the mapped folder instead of the ``gcs`` driver) and orbax's
+bucket probe (hierarchical namespace: no). Our own code runs unchanged (TensorBoard event
+files included: written through epath).
 """
 
 import contextlib
@@ -37,12 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @contextlib.contextmanager
 def gs_on_disk(root: Path, storage_client: bool = True):
-    """``gs://B/P`` is ``root/B/P`` for epath, orbax (TensorStore) and clu's writer.
+    """``gs://B/P`` is ``root/B/P`` for epath and orbax (TensorStore).
 
     ``storage_client``: whether ``google.cloud.storage`` (orbax's GCS client, whose only use
     here, the bucket probe, is replaced) counts as installed.
     """
-    from clu import metric_writers
     from orbax.checkpoint._src.path import gcs_utils
 
     root = str(root)
@@ -68,7 +67,6 @@ def gs_on_disk(root: Path, storage_client: bool = True):
     def glob(fn, p):
         return [uri(x) for x in fn(local(p))]
 
-    writer = metric_writers.create_default_writer
     storage = None  # sys.modules[name] = None: "not installed"
     if storage_client:
         storage = types.ModuleType("google.cloud.storage")
@@ -87,8 +85,6 @@ def gs_on_disk(root: Path, storage_client: bool = True):
         stack.enter_context(
             mock.patch.object(gcs_utils, "is_hierarchical_namespace_enabled", no_hns)
         )
-        mapped = lambda logdir, **k: writer(local(logdir), **k)  # noqa: E731
-        stack.enter_context(mock.patch.object(metric_writers, "create_default_writer", mapped))
         yield
 
 

@@ -177,7 +177,16 @@ def test_metrics_files_and_best_accuracy(tmp_path):
     assert all(r["test_count"] == 10000 for r in epochs)
     assert summary["best_test_accuracy"] == max(r["test_accuracy"] for r in epochs)
     assert summary["best_test_accuracy"] > 60.0  # 40 steps of a 64-wide MLP learn something
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+    # TensorBoard itself reads the event files: the same values as metrics.jsonl
+    from tensorboard.backend.event_processing import event_accumulator
+
+    tb = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    tb.Reload()
+    for kind, key in (("train", "train_loss"), ("epoch", "test_accuracy")):
+        want = [(r["step"], r[key]) for r in records if r["kind"] == kind]
+        got = [(e.step, e.value) for e in tb.Scalars(f"{kind}/{key}")]
+        assert len(got) == len(want) > 0
+        np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-6)
     assert json.loads((tmp_path / "summary.json").read_text())["step"] == 40
     # starting a finished run again trains nothing and keeps its results
     again = train.train_and_evaluate(small_mlp_config(), str(tmp_path))

@@ -2,7 +2,8 @@
 
 ``WORKDIR/metrics.jsonl`` holds one JSON record per log step (``kind: train``) and per
 evaluation (``kind: epoch``); ``WORKDIR/tensorboard/`` the same values as TensorBoard
-scalars (through clu). Only process 0 writes.
+scalars (:class:`EventWriter`, TensorBoard's record format, no TensorFlow). Only process 0
+writes.
 
 :class:`RunProgress` is what a checkpoint must carry besides the train state so that a
 resumed run reports exactly what an uninterrupted one would: the best test accuracy so far
@@ -14,9 +15,9 @@ written once however often the run is killed.
 
 Remote workdirs (``gs://...``): every file is read and written through etils.epath
 (``widesparse_jax.paths``); an object store cannot append, so ``metrics.jsonl`` is rewritten
-whole at each record (one object upload each: readers never see half a record), and an
-event file is copied to a local temp file to be read by TensorBoard's loader. The event
-files themselves are written by clu's TensorBoard writer (TF's ``tf.io.gfile``: ``gs://``).
+whole at each record (one object upload each: readers never see half a record), and event
+files are written (:class:`EventWriter`) and read back for trimming through etils.epath too
+(no TensorFlow needed).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any
 
 import jax
@@ -99,7 +99,7 @@ class RunProgress:
 
 
 class MetricsLog:
-    """Writes metrics as JSONL (process 0 only) and TensorBoard summaries via clu."""
+    """Writes metrics as JSONL (process 0 only) and TensorBoard scalars (:class:`EventWriter`)."""
 
     def __init__(self, workdir: str, resume_step: int):
         self.enabled = jax.process_index() == 0
@@ -118,11 +118,7 @@ class MetricsLog:
                 f.writelines(kept)
             self._lines = None if self._lines is None else kept
         trim_event_files(os.fspath(paths.path(workdir, TENSORBOARD_DIR)), resume_step)
-        from clu import metric_writers
-
-        self.writer = metric_writers.create_default_writer(
-            os.fspath(paths.path(workdir, TENSORBOARD_DIR)), just_logging=False, asynchronous=False
-        )
+        self.writer = EventWriter(os.fspath(paths.path(workdir, TENSORBOARD_DIR)))
 
     def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -143,8 +139,56 @@ class MetricsLog:
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.flush()
             self.writer.close()
+
+
+class EventWriter:
+    """TensorBoard scalars in a new event file of this session under ``logdir``.
+
+    Written with TensorBoard's own record format (``RecordWriter``) through etils.epath, so
+    no TensorFlow is imported (a Fashion-MNIST run on IDX files starts ~2.5 s sooner than
+    with the TF summary writer clu uses) and a ``gs://`` logdir works like a local one. Each write
+    is flushed: a kill loses no record before the last one (a cut record is trimmed on
+    resume, :func:`trim_event_files`).
+    """
+
+    def __init__(self, logdir: str):
+        import socket
+        import time
+
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        root = epath.Path(logdir)
+        root.mkdir(parents=True, exist_ok=True)
+        stem = f"{_EVENTS}.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+        n = 0
+        while (root / f"{stem}.{n}.v2").exists():
+            n += 1
+        self._file = (root / f"{stem}.{n}.v2").open("wb")
+        self._records = RecordWriter(self._file)
+        self._write(wall_time=time.time(), file_version="brain.Event:2")
+
+    def _write(self, **event_fields) -> None:
+        from tensorboard.compat.proto import event_pb2
+
+        self._records.write(event_pb2.Event(**event_fields).SerializeToString())
+        self._file.flush()
+
+    def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        """One event at ``step`` with a ``simple_value`` per tag."""
+        import time
+
+        from tensorboard.compat.proto import summary_pb2
+
+        values = [
+            summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()
+        ]
+        self._write(
+            wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values)
+        )
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _event_files(logdir: str) -> list[str]:
@@ -155,15 +199,29 @@ def _event_files(logdir: str) -> list[str]:
 
 
 def _load_records(path: str) -> list[bytes]:
-    """The readable records of the event file ``path`` (TensorBoard's loader)."""
-    from tensorboard.backend.event_processing import event_file_loader
+    """The readable records of the event file ``path`` (TFRecord framing: uint64 length,
+    its masked crc32c, the data, its masked crc32c), read through etils.epath without
+    TensorFlow. Reading stops at the first record cut short or failing its checksum (a
+    kill during a write), as TensorBoard's own loader does."""
+    import struct
 
-    if not paths.is_remote(path):
-        return list(event_file_loader.RawEventFileLoader(path).Load())
-    with tempfile.TemporaryDirectory() as tmp:  # a local copy, read with the same loader
-        local = os.path.join(tmp, epath.Path(path).name)
-        epath.Path(local).write_bytes(epath.Path(path).read_bytes())
-        return list(event_file_loader.RawEventFileLoader(local).Load())
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    raw = epath.Path(path).read_bytes()
+    out, at = [], 0
+    while at + 12 <= len(raw):
+        header = raw[at : at + 8]
+        (length,) = struct.unpack("<Q", header)
+        (header_crc,) = struct.unpack("<I", raw[at + 8 : at + 12])
+        end = at + 12 + length
+        if header_crc != masked_crc32c(header) or end + 4 > len(raw):
+            break
+        data = raw[at + 12 : end]
+        if struct.unpack("<I", raw[end : end + 4])[0] != masked_crc32c(data):
+            break
+        out.append(data)
+        at = end + 4
+    return out
 
 
 def trim_event_files(logdir: str, max_step: int) -> int:
