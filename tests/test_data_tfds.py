@@ -235,6 +235,34 @@ def test_imagenet_host_stream_is_uint8_normalized_on_the_device():
         np.testing.assert_array_equal(g["mask"], h["mask"])
 
 
+def test_imagenet_device_stage_compiles_once():
+    """The normalized batches keep one sharding: a pmapped consumer (as the train and eval
+    steps) compiles for the first batch only, across an epoch boundary, and a second eval
+    pass reuses every program of the first."""
+    import jax
+
+    from widesparse_jax import compile_cache
+
+    spec = data.DataSpec("imagenet2012", source="tfds", augment="imagenet", image_size=16)
+    consume = jax.pmap(lambda b: b["image"].sum() + b["label"].sum())
+    stats = compile_cache.track()
+    with mock(12):  # 3 steps per epoch
+        train = data.create_train_iterator(spec, 4, 0, devices=data.DeviceLayout())
+        jax.block_until_ready(consume(next(train)))
+        warm = stats.compilations
+        jax.block_until_ready([consume(next(train)) for _ in range(4)])
+        assert stats.compilations == warm
+
+        def eval_pass():
+            ev = data.create_eval_iterator(spec, 5, devices=data.DeviceLayout())
+            jax.block_until_ready([consume(b) for b in ev])
+
+        eval_pass()
+        warm = stats.compilations
+        eval_pass()
+        assert stats.compilations == warm
+
+
 def test_imagenet_eval_resize_center_crop():
     # 300 x 400 image whose column index is encoded in the red channel.
     cols = np.tile(np.linspace(0, 255, 400).astype(np.uint8)[None, :], (300, 1))

@@ -1,4 +1,4 @@
-"""Input pipeline: TFDS or local IDX files -> deterministic per-device numpy batches.
+"""Input pipeline: TFDS or local IDX files -> deterministic per-device batches.
 
     spec = data.DataSpec(name="fashion_mnist", augment="none", ...)   # or DataSpec.from_config
     info = data.dataset_info(spec)        # counts read from the data; static_info: none read
@@ -61,11 +61,12 @@ def create_train_iterator(
 ) -> Iterator[dict]:
     """Infinite, deterministic training stream of this process's share of each global batch.
 
-    Yields {'image': float32 [D, B, H, W, C], 'label': int32 [D, B]}. Batch k (counting from 0
-    over the whole run) is a function of (spec, seed, k) only, whatever the device layout;
-    ``start_step=k`` starts at batch k without generating the earlier ones. devices: None
-    means ``DeviceLayout.current()``. prefetch: batches prepared ahead in a thread (0: none);
-    on the streaming path that thread also normalizes them on the devices (``device``).
+    Yields {'image': float32 [D, B, H, W, C] (streaming: a device array), 'label': int32
+    [D, B]}. Batch k (counting from 0 over the whole run) is a function of (spec, seed, k)
+    only, whatever the device layout; ``start_step=k`` starts at batch k without generating
+    the earlier ones. devices: None means ``DeviceLayout.current()``. prefetch: batches
+    prepared ahead in a thread (0: none); on the streaming path that thread also normalizes
+    them on the devices (``device``).
     """
     spec = _checked_spec(spec)
     seed = check_int(seed, "seed", 0)

@@ -1,14 +1,15 @@
 """The device stage of the streaming (ImageNet) path: uint8 host batches -> normalized float32.
 
 The tf.data host pipeline ships uint8 images (rounded as torchvision's are; 4x fewer bytes to
-batch, prefetch and copy than float32); ``(x - mean*255) / (std*255)`` with the spec's
+batch, prefetch and copy than float32). ``(x - mean*255) / (std*255)`` with the spec's
 normalizer then runs on the accelerator, as ``(x - mean*255) * (1 / (std*255))`` with the
-reciprocal taken once in float32 (what XLA makes of a division by a broadcast anyway; within
-an ulp of the division, and the same on every backend), one pmapped program over the local devices, compiled
-once: each device gets its own rows, so the pmapped train and eval steps receive device arrays
-of one fixed sharding and are not compiled again. Eval padding rows (mask False) stay zero
-images. A layout of more (or fewer) local devices than JAX has (tests simulating a layout)
-runs the same arithmetic jitted on the default device.
+reciprocal taken once in float32 on the host (XLA turns a division by a broadcast constant
+into that product anyway; this way the result does not depend on the compiler), in one
+pmapped program over the local devices, compiled once: each device gets its own rows, and the
+pmapped train and eval steps receive device arrays of one fixed sharding, so they are not
+compiled again. Eval padding rows (mask False) stay zero images. A layout of more (or fewer)
+local devices than JAX has (tests simulating a layout) runs the same arithmetic jitted on
+the default device.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ output (the resized image rounded half to even and clipped to 0..255); the remai
 differences are in docs/baseline_comparison.md.
 
 The streams here yield uint8 images: 4x fewer bytes to batch, prefetch and copy than float32,
-and ~17-20 % more images per CPU second. The normalization runs on the accelerator
-(:mod:`widesparse_jax.data.device`), applied by ``data.create_train_iterator`` /
-``data.create_eval_iterator``.
+and ~14 % more train images per CPU second (docs/performance.md). The normalization runs on
+the accelerator (:mod:`widesparse_jax.data.device`), applied by
+``data.create_train_iterator`` / ``data.create_eval_iterator``.
 """
 
 from __future__ import annotations
