@@ -4,11 +4,13 @@
 
 Both sides read the same JPEG files (DIR/<class>/*.JPEG, ImageFolder layout; with no --data a
 small ImageNet-like set is written to a temporary folder by scripts/make_imagenet_like.py's
-generator, sizes around 500x375, quality 90) and produce normalized float32 batches:
+generator, sizes around 500x375, quality 90) and produce the batches each project hands on:
 
-* ours: ``tf.data`` over the files, ``imagenet.train_image`` (torchvision's crop sampler, fused
-  decode-and-crop JPEG, antialiased resize to 224, flip) or ``imagenet.eval_image`` (resize 256,
-  center crop 224), normalize, batch, prefetch, to numpy; ``--workers`` = the size of the
+* ours: the project's host pipeline: ``tf.data`` over the files, ``imagenet.train_image``
+  (torchvision's crop sampler, fused decode-and-crop JPEG, antialiased resize to 224, flip,
+  rounded to uint8) or ``imagenet.eval_image`` (resize 256, center crop 224, uint8), batch,
+  prefetch, to numpy: uint8 batches. The normalization to float32 runs on the accelerator
+  (``data.device``) and is not charged to the host here. ``--workers`` = the size of the
   dataset's private thread pool (and of the parallel map), intra-op parallelism 1.
 * torchvision (the real torchvision 0.28.0, see ``baseline.torchvision_ref``):
   ``ImageFolder`` + ``RandomResizedCrop(224, scale=(0.2, 1))`` + ``RandomHorizontalFlip`` +
@@ -38,7 +40,6 @@ import psutil
 
 from widesparse_jax.baseline import torchvision_ref as tvr
 from widesparse_jax.data import imagenet, sources
-from widesparse_jax.data.normalize import CHANNEL_STATS
 
 SIZE = 224
 
@@ -71,11 +72,8 @@ def list_images(root: str) -> list:
 
 
 def ours(paths: list, train: bool, workers: int, batch: int, seed: int = 0, antialias=True):
-    """Iterator of float32 [batch, 224, 224, 3] numpy batches (the project's transforms)."""
+    """Iterator of uint8 [batch, 224, 224, 3] numpy batches (the project's host transforms)."""
     tf, _ = sources.import_tf()
-    mean, std = (
-        tf.constant(np.array(v, np.float32) * 255.0) for v in CHANNEL_STATS["imagenet2012"]
-    )
     base = tf.constant([seed, 0], tf.int64)
 
     def prep(i, path):
@@ -85,7 +83,7 @@ def ours(paths: list, train: bool, workers: int, batch: int, seed: int = 0, anti
             image = imagenet.train_image(tf, data, key, SIZE, antialias)
         else:
             image = imagenet.eval_image(tf, data, SIZE)
-        return (image - mean) / std
+        return image
 
     options = tf.data.Options()
     options.threading.private_threadpool_size = workers

@@ -204,6 +204,65 @@ def test_imagenet_determinism_and_exact_resume():
     assert not np.array_equal(epoch0, epoch1)
 
 
+def test_imagenet_host_stream_is_uint8_normalized_on_the_device():
+    """tf.data ships uint8 images; the iterators' float32 images are (x - 255 mean) times
+    1 / (255 std) of them, device arrays (pmapped over the real devices, jitted for a
+    simulated layout); eval padding rows stay zero images; normalization 'none' is x / 255."""
+    import jax
+
+    spec = data.DataSpec(
+        "imagenet2012", source="tfds", augment="imagenet", image_size=16, shuffle_buffer=64
+    )
+    none = dataclasses.replace(spec, normalization="none")
+    one, two = data.DeviceLayout(), data.DeviceLayout(2, 0, 1)
+    with mock(24):
+        host = take(imagenet.train_iterator(spec, data.layout.split_batch(8, one), 3, 2), 2)
+        got = take(data.create_train_iterator(spec, 8, 3, 2, devices=one, prefetch=0), 2)
+        host_ev = list(imagenet.eval_iterator(none, data.layout.split_batch(10, two), "test"))
+        got_ev = list(data.create_eval_iterator(none, 10, devices=two))
+    mean, std = (np.float32(255) * np.array(v, np.float32) for v in data.CHANNEL_STATS[spec.name])
+    for h, g in zip(host, got, strict=True):
+        assert h["image"].dtype == np.uint8 and isinstance(g["image"], jax.Array)
+        want = (h["image"].astype(np.float32) - mean) * (np.float32(1) / std)
+        np.testing.assert_array_equal(np.asarray(g["image"]), want)
+        np.testing.assert_allclose(np.asarray(g["image"]), (h["image"] - mean) / std, rtol=3e-7)
+        np.testing.assert_array_equal(g["label"], h["label"])
+    assert len(got_ev) == len(host_ev) == 3 and not host_ev[-1]["mask"].all()
+    for h, g in zip(host_ev, got_ev, strict=True):
+        assert h["image"].dtype == np.uint8 and g["image"].dtype == np.float32
+        want = np.where(h["mask"][..., None, None, None], h["image"] * (np.float32(1) / 255), 0)
+        np.testing.assert_array_equal(np.asarray(g["image"]), want)
+        np.testing.assert_array_equal(g["mask"], h["mask"])
+
+
+def test_imagenet_device_stage_compiles_once():
+    """The normalized batches keep one sharding: a pmapped consumer (as the train and eval
+    steps) compiles for the first batch only, across an epoch boundary, and a second eval
+    pass reuses every program of the first."""
+    import jax
+
+    from widesparse_jax import compile_cache
+
+    spec = data.DataSpec("imagenet2012", source="tfds", augment="imagenet", image_size=16)
+    consume = jax.pmap(lambda b: b["image"].sum() + b["label"].sum())
+    stats = compile_cache.track()
+    with mock(12):  # 3 steps per epoch
+        train = data.create_train_iterator(spec, 4, 0, devices=data.DeviceLayout())
+        jax.block_until_ready(consume(next(train)))
+        warm = stats.compilations
+        jax.block_until_ready([consume(next(train)) for _ in range(4)])
+        assert stats.compilations == warm
+
+        def eval_pass():
+            ev = data.create_eval_iterator(spec, 5, devices=data.DeviceLayout())
+            jax.block_until_ready([consume(b) for b in ev])
+
+        eval_pass()
+        warm = stats.compilations
+        eval_pass()
+        assert stats.compilations == warm
+
+
 def test_imagenet_eval_resize_center_crop():
     # 300 x 400 image whose column index is encoded in the red channel.
     cols = np.tile(np.linspace(0, 255, 400).astype(np.uint8)[None, :], (300, 1))

@@ -115,8 +115,7 @@ def test_train_stream_opens_epochs_ahead_in_the_same_order(prepared):
     layout = BatchLayout(4, data.DeviceLayout())
     spe = made["train"] // 4
     tf, tfds = sources.import_tf()
-    mean, std = imagenet._mean_std_255(tf, spec)
-    stream = imagenet._TrainStream(spec, layout, 3, f"train[0:{made['train']}]", spe, mean, std)
+    stream = imagenet._TrainStream(spec, layout, 3, f"train[0:{made['train']}]", spe)
     want = [
         b for e in range(3) for b in tfds.as_numpy(imagenet._epoch_dataset(tf, tfds, stream, e, 0))
     ][: 2 * spe + spe // 2]
