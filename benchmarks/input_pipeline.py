@@ -113,6 +113,9 @@ def torchvision_loader(root: str, train: bool, workers: int, batch: int):
 # ----------------------------------------------------------------------------- timing
 
 
+MIN_CPU_S = 0.1
+
+
 def _cpu_seconds() -> float:
     """User + system CPU seconds of this process and its live children."""
     me = psutil.Process()
@@ -126,17 +129,21 @@ def _cpu_seconds() -> float:
 
 
 def measure(make_iter, batch: int, batches: int) -> dict:
-    """Images per CPU second and per wall second over ``batches`` after a 2-batch warm-up."""
+    """Images per CPU second and per wall second over ``batches`` after a 2-batch warm-up
+    (more batches while fewer than MIN_CPU_S CPU seconds have passed: the OS counts CPU time
+    in clock ticks, 10 ms, so a shorter window could read as zero)."""
     it = make_iter()
     for _ in range(2):
         next(it)
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
-    for _ in range(batches):
+    done = 0
+    while done < batches or _cpu_seconds() - cpu0 < MIN_CPU_S:
         next(it)
+        done += 1
     cpu, wall = _cpu_seconds() - cpu0, time.perf_counter() - t0
     del it
     gc.collect()
-    n = batch * batches
+    n = batch * done
     return {"per_core": n / cpu, "wall": n / wall}
 
 
