@@ -76,15 +76,16 @@ def _megabytes(folder: str) -> float:
     return sum(e.stat().st_size for e in os.scandir(folder) if e.is_file()) / 2**20
 
 
-def main() -> None:
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        sys.exit(_child(sys.argv[4:], int(sys.argv[2])))
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) > 1 and argv[0] == "--child":
+        sys.exit(_child(argv[3:], int(argv[1])))
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="cifar,imagenet")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--imagenet-data-dir", default=None, help="prepared TFDS data (else mock)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     models = a.models.split(",")
     bad = [m for m in models if m not in CONFIGS]
     if bad:
