@@ -10,6 +10,7 @@ host; step metrics are pulled to the host only at log / eval / checkpoint points
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -45,13 +46,18 @@ def _check_finite(step: int, values: dict, ckpt: ckpt_lib.Checkpointer) -> None:
         raise FloatingPointError(_divergence_message(step, f"training metric(s) {bad}", ckpt))
 
 
+@functools.cache
+def _to_step_layout() -> Callable:
+    """A pmapped identity over ``AXIS`` (one function, so its program is compiled once)."""
+    return jax.pmap(lambda x: x, axis_name=setup.AXIS, donate_argnums=0)
+
+
 def replicate(tree):
     """``tree`` replicated over the local devices, placed the way the pmapped steps place
     their outputs. ``jax_utils.replicate`` alone gives another sharding (mesh axis
     ``_device_put_sharded``, not ``AXIS``), and pmap compiles its program again for every new
     input sharding: the train step would be compiled twice, at step 1 and at step 2."""
-    to_step_layout = jax.pmap(lambda x: x, axis_name=setup.AXIS, donate_argnums=0)
-    return to_step_layout(jax_utils.replicate(tree))
+    return _to_step_layout()(jax_utils.replicate(tree))
 
 
 def _fmt_seconds(s: float) -> str:
@@ -97,13 +103,13 @@ class Loop:
         mode,
         p_train: Callable,
         evaluate: Callable[..., dict],
-        compiles_at_start: compile_cache.CompileStats | None = None,
+        compiles_at_start: compile_cache.CompileStats,
     ):
         """``state``: the host TrainState (dense masked); ``mode``: ``sparse.loop.make_mode``'s
         result (None: dense-masked steps); ``p_train(state, batch) -> (state, metrics)``;
         ``evaluate(replicated_state) -> {'test_loss', 'test_accuracy', 'test_count'}``;
-        ``compiles_at_start``: :func:`compile_cache.track`'s count when the session started
-        (default: now)."""
+        ``compiles_at_start``: a copy of :func:`compile_cache.track`'s count when the session
+        started."""
         self.config, self.run, self.ckpt = config, run, ckpt
         self.mode = mode
         self.state = replicate(self.mode.enter(state) if self.mode else state)
@@ -114,7 +120,7 @@ class Loop:
         self.clock = Clock()
         # XLA compile seconds and cache hits of this session (train_and_evaluate's start).
         self.compiles = compile_cache.track()
-        self.compiles_at_start = compiles_at_start or self.compiles.copy()
+        self.compiles_at_start = compiles_at_start
         self.startup: dict = {}  # filled at this session's first step
         self.primary = jax.process_index() == 0
         # The latest epoch record (kept when a finished run is started again).

@@ -25,6 +25,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
+import struct
+import time
 from typing import Any
 
 import jax
@@ -153,9 +156,6 @@ class EventWriter:
     """
 
     def __init__(self, logdir: str):
-        import socket
-        import time
-
         from tensorboard.summary.writer.record_writer import RecordWriter
 
         root = epath.Path(logdir)
@@ -176,8 +176,6 @@ class EventWriter:
 
     def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
         """One event at ``step`` with a ``simple_value`` per tag."""
-        import time
-
         from tensorboard.compat.proto import summary_pb2
 
         values = [
@@ -203,8 +201,6 @@ def _load_records(path: str) -> list[bytes]:
     its masked crc32c, the data, its masked crc32c), read through etils.epath without
     TensorFlow. Reading stops at the first record cut short or failing its checksum (a
     kill during a write), as TensorBoard's own loader does."""
-    import struct
-
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
     raw = epath.Path(path).read_bytes()
