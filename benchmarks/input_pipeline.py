@@ -7,8 +7,9 @@ small ImageNet-like set is written to a temporary folder by scripts/make_imagene
 generator, sizes around 500x375, quality 90) and produce the batches each project hands on:
 
 * ours: the project's host pipeline: ``tf.data`` over the files, ``imagenet.train_image``
-  (torchvision's crop sampler, fused decode-and-crop JPEG, antialiased resize to 224, flip,
-  rounded to uint8) or ``imagenet.eval_image`` (resize 256, center crop 224, uint8), batch,
+  (torchvision's crop sampler, fused decode-and-crop JPEG, Pillow's antialiased resize to 224
+  bit for bit (``data.pil_resize``), flip; uint8) or ``imagenet.eval_image`` (resize 256,
+  center crop 224, uint8), batch,
   prefetch, to numpy: uint8 batches. The normalization to float32 runs on the accelerator
   (``data.device``) and is not charged to the host here. ``--workers`` = the size of the
   dataset's private thread pool (and of the parallel map), intra-op parallelism 1.
@@ -20,9 +21,8 @@ generator, sizes around 500x375, quality 90) and produce the batches each projec
 img/s/core = images / CPU seconds used by the pipeline (this process's threads and the
 loader's worker processes, user + system, from psutil) over the timed batches, after a warm-up
 of two batches: a per-core rate that another user of a shared machine does not change much.
-Wall-clock img/s are printed too, and ours without antialiasing in the train resize (faster,
-not the baseline's PIL resize) for comparison. The four measurements are interleaved ``--repeats`` times and
-the medians kept. The last line is
+Wall-clock img/s are printed too. The four measurements are interleaved ``--repeats`` times
+and the medians kept. The last line is
 ``train pipeline: X img/s/core, torchvision: Y img/s/core, ratio R``.
 """
 
@@ -71,7 +71,7 @@ def list_images(root: str) -> list:
 # ----------------------------------------------------------------------------- pipelines
 
 
-def ours(paths: list, train: bool, workers: int, batch: int, seed: int = 0, antialias=True):
+def ours(paths: list, train: bool, workers: int, batch: int, seed: int = 0):
     """Iterator of uint8 [batch, 224, 224, 3] numpy batches (the project's host transforms)."""
     tf, _ = sources.import_tf()
     base = tf.constant([seed, 0], tf.int64)
@@ -80,7 +80,7 @@ def ours(paths: list, train: bool, workers: int, batch: int, seed: int = 0, anti
         data = tf.io.read_file(path)
         if train:
             key = tf.random.experimental.stateless_fold_in(base, i)
-            image = imagenet.train_image(tf, data, key, SIZE, antialias)
+            image = imagenet.train_image(tf, data, key, SIZE)
         else:
             image = imagenet.eval_image(tf, data, SIZE)
         return image
@@ -153,7 +153,6 @@ def run(root: str, workers: int, batch: int, batches: int, repeats: int) -> dict
     cases = {
         ("train", "ours"): lambda: ours(paths, True, workers, batch),
         ("train", "torchvision"): lambda: torchvision_loader(root, True, workers, batch),
-        ("train", "ours, no antialias"): lambda: ours(paths, True, workers, batch, antialias=False),
         ("eval", "ours"): lambda: ours(paths, False, workers, batch),
         ("eval", "torchvision"): lambda: torchvision_loader(root, False, workers, batch),
     }
@@ -187,11 +186,6 @@ def main(argv=None) -> None:
             write_image_folder(root, a.classes, a.per_class)
         print(f"{len(list_images(root))} JPEGs in {root}; workers {a.workers}, batch {a.batch}")
         r = run(root, a.workers, a.batch, a.batches, a.repeats)
-    o, t = r["train"]["ours, no antialias"], r["train"]["torchvision"]
-    print(
-        f"train, ours without antialiasing (not the baseline's resize): {o['per_core']:.1f} "
-        f"img/s/core ({o['wall']:.1f} wall), ratio {o['per_core'] / t['per_core']:.2f}"
-    )
     for phase in ("train", "eval"):
         o, t = r[phase]["ours"], r[phase]["torchvision"]
         print(

@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -e ".[test]"
+# The ImageNet path's resize op (Pillow's bilinear, bit for bit) is compiled once with g++;
+# building it here keeps the ~10 s out of the first run. Without a compiler only ImageNet runs
+# are refused (with a message naming the compiler).
+python -m widesparse_jax.data.pil_resize >/dev/null 2>&1 \
+  || echo "warning: could not build the ImageNet resize op (needs g++); ImageNet runs will be refused" >&2
 # Real Fashion-MNIST for offline runs (Debian package with the IDX files).
 if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -223,3 +223,19 @@ def test_batch_not_divisible_by_device_count_in_a_process(tmp_path):
         "error: config.train.batch_size=51 is not divisible by the 2 devices; use a multiple of 2"
     ]
     assert "Traceback" not in p.stderr and not (tmp_path / "run").exists()
+
+
+def test_imagenet_without_a_compiler_is_refused_up_front(tmp_path, monkeypatch):
+    """The streaming path's resize op is built on first use; no compiler: one ConfigError."""
+    from widesparse_jax import preflight
+    from widesparse_jax.config import ConfigError
+    from widesparse_jax.data import pil_resize
+
+    monkeypatch.setattr(pil_resize, "_LOADED", {})  # as in a process that has not loaded it
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    monkeypatch.setenv(pil_resize.ENV, str(tmp_path / "ops"))
+    with pytest.raises(ConfigError) as e:
+        preflight.check_resize_op("imagenet2012")
+    message = str(e.value)
+    assert "config.dataset.name='imagenet2012'" in message and "no-such-compiler-xyz" in message
+    assert "\n" not in message and len(message) < 400

@@ -28,14 +28,20 @@ ENV = "WIDESPARSE_JAX_CACHE_DIR"
 OFF = ("", "off", "none", "0")
 
 
+def cache_home(environ: Optional[dict] = None) -> str:
+    """This package's folder of user caches: $XDG_CACHE_HOME/widesparse_jax (~/.cache/...)."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "widesparse_jax")
+
+
 def cache_dir(environ: Optional[dict] = None) -> Optional[str]:
     """The cache folder to use, or None when disabled."""
     environ = os.environ if environ is None else environ
     if ENV in environ:
         value = environ[ENV].strip()
         return None if value.lower() in OFF else os.path.expanduser(value)
-    base = environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(base, "widesparse_jax", "jax_cache")
+    return os.path.join(cache_home(environ), "jax_cache")
 
 
 def enable(environ: Optional[dict] = None) -> Optional[str]:

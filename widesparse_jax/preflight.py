@@ -3,7 +3,7 @@
 ``config.validate_config`` checks the config on its own; :func:`check_run` then checks it
 against this machine and raises one ``ConfigError`` naming the field, the value and what is
 allowed: the batch split over the devices, a workdir that can be created and written, the
-dataset present with enough examples, the model's memory (parameters + activations,
+dataset present with enough examples (and, for ImageNet, its resize op built), the model's memory (parameters + activations,
 estimated from shapes alone, before anything is allocated) and the layer names
 ``sparsity.dense_layers`` refers to. It returns the run's ``setup.Run``, so the loop builds
 nothing twice.
@@ -91,10 +91,24 @@ def dataset_info(config) -> data.DatasetInfo:
         )
     if d.idx_dir is not None and d.source in ("idx", "auto"):
         check_idx_dir(d.name, d.idx_dir)
+    spec = data.DataSpec.from_config(d)
     try:
-        return data.dataset_info(data.DataSpec.from_config(d))
+        info = data.dataset_info(spec)
     except (ValueError, OSError) as e:
         raise ConfigError(f"config.dataset (name={d.name!r}, source={d.source!r}): {e}") from None
+    if spec.streaming:
+        check_resize_op(d.name)
+    return info
+
+
+def check_resize_op(name: str) -> None:
+    """The streaming (ImageNet) path's compiled resize op builds and loads (pil_resize)."""
+    from widesparse_jax.data import pil_resize, sources
+
+    try:
+        pil_resize.load(sources.import_tf()[0])
+    except pil_resize.BuildError as e:
+        raise ConfigError(f"config.dataset.name={name!r}: {e}") from None
 
 
 def memory_estimate(

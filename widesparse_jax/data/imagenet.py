@@ -12,9 +12,10 @@ buffer, but are neither decoded nor augmented). Exactness relies on tf.data dete
 Train: RandomResizedCrop(size, scale=(0.2, 1)) + flip ('imagenet') or the eval transform
 ('none'). Eval: resize the shorter side to round(size / 0.875), center crop size x size.
 Both follow torchvision (the baseline): its crop sampler (:func:`sample_crop`), its output-size
-and offset rounding, antialiased bilinear resizes, libjpeg's accurate IDCT (PIL's) and uint8
-output (the resized image rounded half to even and clipped to 0..255); the remaining
-differences are in docs/baseline_comparison.md.
+and offset rounding, libjpeg's accurate IDCT (PIL's) and Pillow's own antialiased bilinear
+resize, bit for bit (:mod:`widesparse_jax.data.pil_resize`, a compiled TF op): the eval
+transform's output equals torchvision's uint8 image exactly; the remaining differences are
+in docs/baseline_comparison.md.
 
 The streams here yield uint8 images: 4x fewer bytes to batch, prefetch and copy than float32,
 and ~14 % more train images per CPU second (docs/performance.md). The normalization runs on
@@ -33,7 +34,7 @@ from typing import Iterator
 
 import numpy as np
 
-from widesparse_jax.data import sources
+from widesparse_jax.data import pil_resize, sources
 from widesparse_jax.data.hashing import hash_ints
 from widesparse_jax.data.layout import BatchLayout
 from widesparse_jax.data.spec import DataSpec
@@ -59,11 +60,6 @@ def _decode_full(tf, image_bytes):
 def _round_int(tf, x):
     """Round half to even (Python's ``round``) and cast to int32."""
     return tf.cast(tf.round(x), tf.int32)
-
-
-def to_uint8(tf, image):
-    """A resized float image as uint8: rounded half to even, clipped to 0..255."""
-    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
 def sample_crop(tf, seed_pair, height, width, scale=CROP_SCALE, ratio=CROP_RATIO):
@@ -99,23 +95,35 @@ def sample_crop(tf, seed_pair, height, width, scale=CROP_SCALE, ratio=CROP_RATIO
     return offset(s_top, height - ch), offset(s_left, width - cw), ch, cw
 
 
-def crop_and_resize(tf, image_bytes, box, size: int, antialias: bool = True):
-    """Crop box (top, left, h, w) and resize to [size, size] (antialiased bilinear, as PIL).
+def _decode_and_crop_jpeg(tf, image_bytes, box):
+    """uint8 [h, w, 3]: the box (top, left, h, w) of a JPEG, decoding only around it.
 
-    JPEGs are decoded only inside the box (fused decode-and-crop). uint8 [size, size, 3],
-    rounded as :func:`to_uint8`.
+    Equal to cropping the full decode: libjpeg upsamples the chroma at the edges of its
+    decoding window as at an image border, so the window is one column wider on each side
+    than the box (where the image allows) and that column is cut off afterwards.
+    """
+    oy, ox, h, w = box
+    width = tf.image.extract_jpeg_shape(image_bytes)[1]
+    x0, x1 = tf.maximum(ox - 1, 0), tf.minimum(ox + w + 1, width)
+    window = tf.io.decode_and_crop_jpeg(
+        image_bytes, tf.stack([oy, x0, h, x1 - x0]), channels=3, dct_method=DCT_METHOD
+    )
+    return window[:, ox - x0 : ox - x0 + w]
+
+
+def crop_and_resize(tf, image_bytes, box, size: int):
+    """Crop box (top, left, h, w) and resize to uint8 [size, size, 3] (Pillow's bilinear).
+
+    JPEGs are decoded only around the box (fused decode-and-crop), with the same pixels as
+    the full decode.
     """
     oy, ox, h, w = box
     image = tf.cond(
         tf.io.is_jpeg(image_bytes),
-        lambda: tf.io.decode_and_crop_jpeg(
-            image_bytes, tf.stack([oy, ox, h, w]), channels=3, dct_method=DCT_METHOD
-        ),
+        lambda: _decode_and_crop_jpeg(tf, image_bytes, box),
         lambda: tf.image.crop_to_bounding_box(_decode_full(tf, image_bytes), oy, ox, h, w),
     )
-    return to_uint8(
-        tf, tf.image.resize(image, [size, size], method="bilinear", antialias=antialias)
-    )
+    return pil_resize.resize(tf, image, [size, size])
 
 
 def image_shape(tf, image_bytes):
@@ -127,16 +135,15 @@ def image_shape(tf, image_bytes):
     )
 
 
-def train_image(tf, image_bytes, seed_pair, size: int, antialias: bool = True):
+def train_image(tf, image_bytes, seed_pair, size: int):
     """RandomResizedCrop(size, scale=(0.2, 1)) + flip, as torchvision; uint8 [size, size, 3].
 
-    seed_pair: int64 [2] stateless seed. ``antialias=False`` (not the
-    baseline's; ~1.7x faster per image on CPU) is for benchmarks/input_pipeline.py only.
+    seed_pair: int64 [2] stateless seed.
     """
     seeds = tf.random.experimental.stateless_split(seed_pair, num=2)
     shape = image_shape(tf, image_bytes)
     box = sample_crop(tf, seeds[0], shape[0], shape[1])
-    image = crop_and_resize(tf, image_bytes, box, size, antialias)
+    image = crop_and_resize(tf, image_bytes, box, size)
     return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
 
 
@@ -153,16 +160,16 @@ def resized_shape(tf, hw, resize: int):
 def eval_image(tf, image_bytes, size: int):
     """torchvision Resize(round(size / 0.875)) + CenterCrop(size); uint8 [size, size, 3].
 
-    Antialiased bilinear resize, rounded as :func:`to_uint8`; crop offsets
+    Pillow's bilinear resize of the whole image (:mod:`pil_resize`); crop offsets
     ``round((new - size) / 2)`` (half to even).
     """
     image = _decode_full(tf, image_bytes)
     resize = int(round(size / CROP_FRACTION))
     new_hw = resized_shape(tf, tf.shape(image, out_type=tf.int32)[:2], resize)
-    image = tf.image.resize(image, new_hw, method="bilinear", antialias=True)
+    image = pil_resize.resize(tf, image, new_hw)
     oy = _round_int(tf, tf.cast(new_hw[0] - size, tf.float32) / 2.0)
     ox = _round_int(tf, tf.cast(new_hw[1] - size, tf.float32) / 2.0)
-    return to_uint8(tf, tf.image.crop_to_bounding_box(image, oy, ox, size, size))
+    return tf.image.crop_to_bounding_box(image, oy, ox, size, size)
 
 
 # ----------------------------------------------------------------------------- sharding, seeds
@@ -293,6 +300,7 @@ def train_iterator(spec: DataSpec, layout: BatchLayout, seed: int, start_step: i
     """
     sources.resolve_source(spec)  # before importing TF: missing data fails fast
     tf, tfds = sources.import_tf()
+    pil_resize.load(tf)  # built on first use; a missing compiler fails here, not in tf.data
     n = sources.tfds_count(spec.name, "train", spec.data_dir, spec.download)
     start, end = process_slice(n, layout, drop_remainder=True)
     l = layout.local_batch
@@ -317,6 +325,7 @@ def eval_iterator(spec: DataSpec, layout: BatchLayout, split: str) -> Iterator:
     """
     sources.resolve_source(spec)  # before importing TF: missing data fails fast
     tf, tfds = sources.import_tf()
+    pil_resize.load(tf)
     split = sources.tfds_split_name(spec.name, split)
     n = sources.tfds_count(spec.name, split, spec.data_dir, spec.download)
     start, end = process_slice(n, layout, drop_remainder=False)
