@@ -5,7 +5,7 @@
 
 * MLP layer: ``x [B, 784] @ W [784, width]``, batch 100, forward + gradient of the kernel
   (what the MLP's ``fc`` layer costs in a step): dense masking ``x @ where(m, W, 0)`` vs
-  the sparse path's gather + sorted segment-sum (``sparse.mlp._spmm_t``) on the kept
+  the sparse path's fan-in-bucketed gathers (``sparse.mlp.sparse_matmul_t``) on the kept
   entries.
 * Conv layer (kernel granularity, ResNet-18 CIFAR stem 32x32, NHWC): forward + gradients of
   kernel and input; dense masking ``conv(x, where(m, W, 0))`` vs ``sparse.conv.sparse_conv``.
@@ -22,7 +22,7 @@ import numpy as np
 
 from widesparse_jax.sparse import conv as sconv
 from widesparse_jax.sparse.format import layout_of
-from widesparse_jax.sparse.mlp import _spmm_t
+from widesparse_jax.sparse.mlp import fan_in_buckets, sparse_matmul_t
 
 GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
 DN = ("NHWC", "HWIO", "NHWC")
@@ -90,13 +90,14 @@ def mlp_layer(width: int, density: float, batch: int = 100, fan_in: int = 784, r
     w = jnp.asarray(rng.randn(fan_in, width).astype(np.float32))
     m = jnp.asarray(mask)
     vals = w[lay.rows, lay.cols]
-    rows, cols = jnp.asarray(lay.rows), jnp.asarray(lay.cols)
+    units = np.argsort(mask.sum(0), kind="stable")  # fan-in order (outputs permuted)
+    buckets = fan_in_buckets(lay, units)
 
     def dense(w, x):
         return jax.grad(lambda w: jnp.sum(jnp.tanh(x @ jnp.where(m, w, 0.0))))(w)
 
     def sparse(v, x):
-        return jax.grad(lambda v: jnp.sum(jnp.tanh(_spmm_t(x.T, v, rows, cols, width))))(v)
+        return jax.grad(lambda v: jnp.sum(jnp.tanh(sparse_matmul_t(x.T, v, buckets))))(v)
 
     return time_fn(dense, w, x, reps=reps), time_fn(sparse, vals, x, reps=reps)
 
