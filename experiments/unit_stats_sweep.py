@@ -143,7 +143,8 @@ def _sparse_config(out_dir: str):
 
 def time_width(config, width: int, reps: int) -> dict:
     """Median ms per train step at ``width``: dense-masked (apply='update') and sparse."""
-    from benchmarks.sparse_compute import dense_fn, time_step
+    from benchmarks.sparse_compute import time_step
+    from benchmarks.step_builders import train_step_fn
     from widesparse_jax import data, setup, sparse, train
     from widesparse_jax.sparse import step as sstep
 
@@ -165,7 +166,7 @@ def time_width(config, width: int, reps: int) -> dict:
         batch,
         reps,
     )
-    dense = time_step(dense_fn(run), state, batch, reps)
+    dense = time_step(train_step_fn(run), state, batch, reps)
     return {"width": width, "dense_masked_ms": dense["ms"], "sparse_ms": sp["ms"]}
 
 

@@ -102,3 +102,15 @@ def test_stats_of_real_runs_match_dense_recomputation(tmp_path):
     uss.stats_all(out)
     with open(os.path.join(workdir, uss.STATS_FILE)) as f:
         assert json.load(f)["frac_connected"] == pytest.approx(s["frac_connected"])
+
+
+def test_time_width_times_both_steps():
+    """The cost step runs (it had lost its dense-step builder to a refactor unnoticed)."""
+    from configs import mnist_mlp
+    from widesparse_jax import config as config_lib
+
+    c = mnist_mlp.get_config()
+    c.dataset.name, c.sparsity.apply = "fashion_mnist", "sparse"
+    c.model.width, c.model.base_width = 256, 8
+    row = uss.time_width(config_lib.resolve_config(c), 256, reps=1)
+    assert row["width"] == 256 and row["dense_masked_ms"] > 0 and row["sparse_ms"] > 0
