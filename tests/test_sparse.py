@@ -142,3 +142,23 @@ def test_training_loop_sparse_mode_matches_dense_masking(tmp_path):
     assert abs(s_s["final_test_accuracy"] - s_u["final_test_accuracy"]) <= 0.2
     for a, b in zip(jax.tree.leaves(v_s[0]["params"]), jax.tree.leaves(v_u[0]["params"])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("width, base_width", [(256, 64), (4096, 64)])
+def test_fan_in_buckets_padded_and_empty_units_match_dense_masking(width, base_width):
+    """Padded buckets (fan-in ~190 at width 256) and active units with no input (width 4096):
+    3 steps give dense masking's losses and params."""
+    run = _run(width=width, base_width=base_width)
+    dense, sp, layout = _steps(run)
+    fans = [b.taps.shape[1] for b in layout.fc_buckets]
+    padded = any(np.any(b.taps == layout.fc.nnz) for b in layout.fc_buckets)
+    assert padded if width == 256 else 0 in fans  # a bucket of input-less active units
+    s_dense = setup.init_state(run)
+    s_sparse = sstep.to_sparse_state(s_dense, layout)
+    for batch in _batches(3, seed=1):
+        s_dense, m_d = dense(s_dense, batch)
+        s_sparse, m_s = sp(s_sparse, batch)
+        np.testing.assert_allclose(float(m_s["loss"]), float(m_d["loss"]), rtol=2e-5)
+    back = sstep.to_dense_state(s_sparse, layout, run.masks)
+    for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(s_dense.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)

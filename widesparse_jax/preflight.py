@@ -3,9 +3,9 @@
 ``config.validate_config`` checks the config on its own; :func:`check_run` then checks it
 against this machine and raises one ``ConfigError`` naming the field, the value and what is
 allowed: the batch split over the devices, a workdir that can be created and written, the
-dataset present with enough examples (and, for ImageNet, its resize op built), the model's memory (parameters + activations,
-estimated from shapes alone, before anything is allocated) and the layer names
-``sparsity.dense_layers`` refers to. It returns the run's ``setup.Run``, so the loop builds
+dataset present with enough examples (for ImageNet also its resize op built), the model's
+memory (parameters + activations, estimated from shapes alone, before anything is
+allocated) and the layer names ``sparsity.dense_layers`` refers to. It returns the run's ``setup.Run``, so the loop builds
 nothing twice.
 """
 
@@ -91,8 +91,8 @@ def dataset_info(config) -> data.DatasetInfo:
         )
     if d.idx_dir is not None and d.source in ("idx", "auto"):
         check_idx_dir(d.name, d.idx_dir)
-    spec = data.DataSpec.from_config(d)
     try:
+        spec = data.DataSpec.from_config(d)
         info = data.dataset_info(spec)
     except (ValueError, OSError) as e:
         raise ConfigError(f"config.dataset (name={d.name!r}, source={d.source!r}): {e}") from None

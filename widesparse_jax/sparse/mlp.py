@@ -38,11 +38,10 @@ PAD_RATIO = 1.1
 
 @dataclasses.dataclass(frozen=True)
 class FanInBucket:
-    """Active units ``[start, start + n)`` (in ``MLPLayout.active`` order), each with at
-    most ``k`` kept fc inputs. taps, rows: int32 [n, k]: index into the fc values (``nnz_fc``
-    = a zero padding weight) and the input row of each tap."""
+    """n consecutive output units (in the order given to :func:`fan_in_buckets`), each with
+    at most k kept inputs. taps, rows: int32 [n, k]: index into the kernel's compact values
+    (``nnz`` = a zero padding weight) and the input row of each tap."""
 
-    start: int
     taps: np.ndarray
     rows: np.ndarray
 
@@ -99,7 +98,7 @@ def fan_in_buckets(kernel: Compact, units: np.ndarray) -> tuple:
         real = tap < fan[sel][:, None]
         taps = np.where(real, first[sel][:, None] + tap, kernel.nnz)
         rows = np.where(real, kernel.rows[np.minimum(taps, max(kernel.nnz - 1, 0))], 0)
-        buckets.append(FanInBucket(start, taps.astype(np.int32), rows.astype(np.int32)))
+        buckets.append(FanInBucket(taps.astype(np.int32), rows.astype(np.int32)))
     return tuple(buckets)
 
 
