@@ -5,8 +5,8 @@ against this machine and raises one ``ConfigError`` naming the field, the value 
 allowed: the batch split over the devices, a workdir that can be created and written, the
 dataset present with enough examples (for ImageNet also its resize op built), the model's
 memory (parameters + activations, estimated from shapes alone, before anything is
-allocated) and the layer names ``sparsity.dense_layers`` refers to. It returns the run's ``setup.Run``, so the loop builds
-nothing twice.
+allocated) and the layer names ``sparsity.dense_layers`` refers to. It returns the run's
+``setup.Run``, so the loop builds nothing twice.
 """
 
 from __future__ import annotations
